@@ -1,0 +1,83 @@
+package cache
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stockpot-go/cache/internal/testredis"
+)
+
+// The benchmarks run against a real redis-server the harness starts, with a
+// raw go-redis baseline in the same run: GET plus a MessagePack decode of
+// the same payload. Compare ns/op and allocs/op of each to its baseline.
+
+type benchRow struct {
+	ID      int64             `json:"id"`
+	Outlet  string            `json:"outlet"`
+	Revenue float64           `json:"revenue"`
+	Orders  int               `json:"orders"`
+	Items   []string          `json:"items"`
+	Tags    map[string]string `json:"tags"`
+}
+
+func benchPayload() []benchRow {
+	rows := make([]benchRow, 20)
+	for i := range rows {
+		rows[i] = benchRow{
+			ID: int64(i), Outlet: "outlet-42", Revenue: 1234.5 * float64(i), Orders: i * 3,
+			Items: []string{"mango", "pista", "kulfi"}, Tags: map[string]string{"region": "Mumbai"},
+		}
+	}
+	return rows
+}
+
+func benchSetup(b *testing.B) (*testredis.Server, *redis.Client, *Manager) {
+	srv := testredis.Start(b)
+	rdb := srv.Client(b)
+	m, err := New(rdb, &Options{Prefix: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = m.Close() })
+	return srv, rdb, m
+}
+
+func BenchmarkGet(b *testing.B) {
+	_, rdb, m := benchSetup(b)
+	ctx := context.Background()
+	payload := benchPayload()
+	raw, err := Msgpack.Marshal(payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "raw", raw, 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	if err := m.Set(ctx, "dashboard", payload); err != nil {
+		b.Fatal(err)
+	}
+
+	b.Run("raw-go-redis", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			data, err := rdb.Get(ctx, "raw").Bytes()
+			if err != nil {
+				b.Fatal(err)
+			}
+			var v []benchRow
+			if err := Msgpack.Unmarshal(data, &v); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("stockpot", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Get[[]benchRow](ctx, m, "dashboard"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,220 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Options configure a Manager. A nil *Options gives every default. New copies
+// the Options, so the caller's struct is never changed.
+type Options struct {
+	// Prefix is put in front of every key the Manager writes, followed by a
+	// colon, so that several applications can share one Redis. It must not
+	// hold '{' or '}' (those choose Redis Cluster hash slots).
+	//
+	// default: "stockpot"
+	Prefix string
+
+	// DefaultTTL is the time to live of an entry whose call gives no TTL.
+	// Every entry expires; NoExpiry() asks for one that does not.
+	//
+	// default: 1h
+	DefaultTTL time.Duration
+
+	// Jitter shortens every TTL by a random fraction of up to Jitter, so that
+	// entries written together (by a warm-up, say) do not expire together.
+	// It is between 0 and 1; a negative Jitter turns it off.
+	//
+	// default: 0.1
+	Jitter float64
+
+	// NegativeTTL is how long a loader's ErrNotFound is remembered.
+	//
+	// default: 1m
+	NegativeTTL time.Duration
+
+	// Codec encodes and decodes values.
+	//
+	// default: Msgpack
+	Codec Codec
+
+	// MaxValueSize is the largest value, in bytes as stored (after
+	// compression), that the Manager writes. A larger one is refused with
+	// ErrValueTooLarge.
+	//
+	// default: 1 MiB
+	MaxValueSize int
+
+	// CompressAbove is the encoded size in bytes above which values are
+	// compressed with S2 before they are stored. A negative value turns
+	// compression off.
+	//
+	// default: 64 KiB
+	CompressAbove int
+
+	// LeaseTTL is how long a load's lease lasts. The loading caller renews it
+	// every LeaseTTL/3 while its loader runs; if that caller dies, others
+	// take over the load after at most LeaseTTL.
+	//
+	// default: 5s
+	LeaseTTL time.Duration
+
+	// Logger receives the Manager's log lines: failures of work nobody waits
+	// for, such as a lease that could not be released.
+	//
+	// default: none, the Manager is silent
+	Logger *slog.Logger
+
+	// Now is the clock that decides an entry's freshness. Tests set it to
+	// move time; Redis expires keys by its own clock.
+	//
+	// default: time.Now
+	Now func() time.Time
+}
+
+// Manager is a cache over one Redis (single node, cluster, sentinel or ring).
+// It is safe for concurrent use. Build one per application with New and
+// Close it on shutdown.
+type Manager struct {
+	rdb    redis.UniversalClient
+	opts   Options
+	prefix string // opts.Prefix + ":"
+	log    *slog.Logger
+	now    func() time.Time
+
+	life context.Context    // ends on Close; the parent of all background work
+	stop context.CancelFunc // ends life
+
+	closed  atomic.Bool
+	closeMu sync.RWMutex   // held for reading to start background work, for writing by Close
+	wg      sync.WaitGroup // background work the Manager started
+
+	flights flightGroup
+	stats   registry
+	kv      *counters // stats of plain keys
+}
+
+// New returns a Manager over rdb. It does not talk to Redis: a Manager built
+// while Redis is down works once Redis is back.
+func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
+	if rdb == nil {
+		return nil, fmt.Errorf("%w: nil Redis client", ErrInvalidOption)
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Prefix == "" {
+		o.Prefix = "stockpot"
+	}
+	if strings.ContainsAny(o.Prefix, "{}") {
+		return nil, fmt.Errorf("%w: Prefix %q holds a brace", ErrInvalidKey, o.Prefix)
+	}
+	if o.DefaultTTL == 0 {
+		o.DefaultTTL = time.Hour
+	}
+	if o.Jitter == 0 {
+		o.Jitter = 0.1
+	}
+	if o.NegativeTTL == 0 {
+		o.NegativeTTL = time.Minute
+	}
+	if o.Codec == nil {
+		o.Codec = Msgpack
+	}
+	if o.MaxValueSize == 0 {
+		o.MaxValueSize = 1 << 20
+	}
+	if o.CompressAbove == 0 {
+		o.CompressAbove = 64 << 10
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = 5 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	switch {
+	case o.DefaultTTL < 0, o.NegativeTTL < 0, o.LeaseTTL < 0:
+		return nil, fmt.Errorf("%w: negative duration in Options", ErrInvalidOption)
+	case o.Jitter > 1:
+		return nil, fmt.Errorf("%w: Jitter %v is above 1", ErrInvalidOption, o.Jitter)
+	case o.MaxValueSize < 0:
+		return nil, fmt.Errorf("%w: negative MaxValueSize", ErrInvalidOption)
+	}
+	if o.Jitter < 0 {
+		o.Jitter = 0
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m := &Manager{
+		rdb:    rdb,
+		opts:   o,
+		prefix: o.Prefix + ":",
+		log:    log,
+		now:    o.Now,
+	}
+	m.life, m.stop = context.WithCancel(context.Background())
+	m.flights.m = make(map[string]*flight)
+	m.kv = m.stats.get("keys")
+	return m, nil
+}
+
+// Client returns the Redis client the Manager was built on, for the commands
+// the cache does not cover. Name its keys with Key.
+func (m *Manager) Client() redis.UniversalClient { return m.rdb }
+
+// Key returns name under the Manager's prefix ("kitchen_queue" becomes
+// "stockpot:kitchen_queue"), for keys the application keeps itself on the raw
+// client. The cache's own keys never take that form, so the two never meet.
+func (m *Manager) Key(name string) string { return m.prefix + name }
+
+// Close stops the Manager's background work and waits for it to end: loads
+// in flight see their context cancelled and release their leases. Calls
+// after Close return ErrClosed. Close does not close the Redis client, which
+// belongs to the caller. It is safe to call more than once.
+func (m *Manager) Close() error {
+	m.closeMu.Lock()
+	already := m.closed.Swap(true)
+	m.closeMu.Unlock()
+	if already {
+		return nil
+	}
+	m.stop()
+	m.wg.Wait()
+	return nil
+}
+
+// goBackground runs f on a goroutine that Close waits for. It reports false,
+// running nothing, once the Manager is closed.
+func (m *Manager) goBackground(f func()) bool {
+	m.closeMu.RLock()
+	defer m.closeMu.RUnlock()
+	if m.closed.Load() {
+		return false
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// check returns ErrClosed after Close and ctx's error once it has ended.
+func (m *Manager) check(ctx context.Context) error {
+	if m.closed.Load() {
+		return ErrClosed
+	}
+	return ctx.Err()
+}

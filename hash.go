@@ -1,0 +1,288 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stockpot-go/cache/internal/envelope"
+)
+
+// Hash is a cache of T values kept as the fields of one Redis hash, such as
+// per-outlet metrics with one field per outlet. The hash as a whole lives
+// for the Hash's TTL after its last write; each field also carries its own
+// freshness, since Redis 7.0 cannot expire single fields.
+type Hash[T any] struct {
+	m    *Manager
+	name string
+	key  string // the Redis hash
+	gen  string // its generation, moved by Clear
+	s    settings
+	st   *counters
+	err  error // an invalid name or option, returned by every call
+}
+
+// NewHash returns the Hash called name. Options set its TTL (for the hash
+// and for each field). An empty name or an invalid option is returned as an
+// error by every call of the Hash.
+func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
+	h := &Hash[T]{m: m, name: name, s: m.settle(opts)}
+	h.err = h.s.err
+	if name == "" {
+		h.err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
+	}
+	h.key = m.hashBase(name)
+	h.gen = h.key + ":g"
+	h.st = m.stats.get("hash:" + name)
+	return h
+}
+
+// Name returns the name the Hash was made with.
+func (h *Hash[T]) Name() string { return h.name }
+
+func (h *Hash[T]) ref(field string) entryRef {
+	return entryRef{key: h.key, field: field, lease: h.key + ":l:" + escape(field), gen: h.gen}
+}
+
+func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
+	if h.err != nil {
+		return h.err
+	}
+	if err := h.m.check(ctx); err != nil {
+		return err
+	}
+	for _, f := range fields {
+		if f == "" {
+			return fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
+		}
+	}
+	return nil
+}
+
+// Get returns the value of field: ErrMiss when it is absent, expired or does
+// not decode, ErrNotFound when a loader's ErrNotFound is remembered.
+func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
+	var v T
+	if err := h.check(ctx, field); err != nil {
+		return v, err
+	}
+	v, state, err := h.read(ctx, field)
+	if err != nil {
+		return v, err
+	}
+	return v, h.m.count(h.st, state)
+}
+
+func (h *Hash[T]) read(ctx context.Context, field string) (T, readState, error) {
+	var v T
+	s, err := h.m.rdb.HGet(ctx, h.key, field).Result()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return v, stateMiss, nil
+		}
+		h.st.redisErrors.Add(1)
+		return v, stateMiss, err
+	}
+	_, state := h.m.lookup(h.st, h.ref(field), bytesOf(s), "", &v)
+	return v, state, nil
+}
+
+// Set stores v in field. A load of field in flight does not overwrite it.
+func (h *Hash[T]) Set(ctx context.Context, field string, v T) error {
+	return h.SetMany(ctx, map[string]T{field: v})
+}
+
+// SetMany stores every value of items in its field, in one round trip. If a
+// field is empty or a value does not encode, nothing is written.
+func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
+	if err := h.check(ctx); err != nil {
+		return err
+	}
+	ttl := h.s.expiry()
+	now := h.m.now()
+	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)}
+	args := make([]any, 0, 2*len(items))
+	leases := make([]string, 0, len(items))
+	for f, v := range items {
+		if f == "" {
+			return fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
+		}
+		b, err := h.m.encode(v, hdr)
+		if err != nil {
+			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+		}
+		args = append(args, f, b)
+		leases = append(leases, h.ref(f).lease)
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
+		p.HSet(ctx, h.key, args...)
+		h.expire(ctx, p, ttl)
+		return nil
+	})
+	if err != nil {
+		h.st.redisErrors.Add(1)
+		return err
+	}
+	h.st.sets.Add(uint64(len(items)))
+	return nil
+}
+
+func (h *Hash[T]) expire(ctx context.Context, p redis.Pipeliner, ttl time.Duration) {
+	if ttl > 0 {
+		p.PExpire(ctx, h.key, ttl)
+	} else {
+		p.Persist(ctx, h.key)
+	}
+}
+
+// Delete removes fields and voids their loads in flight.
+func (h *Hash[T]) Delete(ctx context.Context, fields ...string) error {
+	if err := h.check(ctx, fields...); err != nil {
+		return err
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	leases := make([]string, len(fields))
+	for i, f := range fields {
+		leases[i] = h.ref(f).lease
+	}
+	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, leases...) // first, so no store lands between the two
+		p.HDel(ctx, h.key, fields...)
+		return nil
+	})
+	if err != nil {
+		h.st.redisErrors.Add(1)
+		return err
+	}
+	h.m.flights.detach(leases...)
+	h.st.deletes.Add(uint64(len(fields)))
+	return nil
+}
+
+// Clear removes every field and voids every load of the hash in flight.
+func (h *Hash[T]) Clear(ctx context.Context) error {
+	if err := h.check(ctx); err != nil {
+		return err
+	}
+	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, h.gen, newGen(), 0) // first, so no store lands between the two
+		p.Del(ctx, h.key)
+		return nil
+	})
+	if err != nil {
+		h.st.redisErrors.Add(1)
+		return err
+	}
+	h.m.flights.detachPrefix(h.key)
+	h.st.deletes.Add(1)
+	return nil
+}
+
+// All returns every fresh field of the hash, decoded, in one HGETALL.
+// Fields that do not decode are left out of the map, counted, and reported
+// in the error, a *FieldErrors; the map holds the others all the same.
+func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
+	if err := h.check(ctx); err != nil {
+		return nil, err
+	}
+	raw, err := h.m.rdb.HGetAll(ctx, h.key).Result()
+	if err != nil {
+		h.st.redisErrors.Add(1)
+		return nil, err
+	}
+	out := make(map[string]T, len(raw))
+	var bad FieldErrors
+	for f, s := range raw {
+		var v T
+		hdr, payload, err := envelope.Decode(bytesOf(s))
+		if err == nil && hdr.Flags&envelope.Negative != 0 {
+			continue
+		}
+		if err == nil {
+			err = h.m.decodePayload(hdr, payload, &v)
+		}
+		if err != nil {
+			h.st.decodeErrors.Add(1)
+			bad = append(bad, &DecodeError{Key: h.key, Field: f, Err: err})
+			continue
+		}
+		if hdr.FreshUntil != 0 && h.m.now().UnixMilli() >= hdr.FreshUntil {
+			continue
+		}
+		out[f] = v
+	}
+	h.st.hits.Add(uint64(len(out)))
+	if len(bad) > 0 {
+		return out, bad
+	}
+	return out, nil
+}
+
+// FieldErrors lists the fields of a Hash that did not decode.
+type FieldErrors []*DecodeError
+
+func (e FieldErrors) Error() string {
+	return fmt.Sprintf("cache: %d fields did not decode (first: %v)", len(e), e[0])
+}
+
+// Unwrap returns the errors of every field.
+func (e FieldErrors) Unwrap() []error {
+	errs := make([]error, len(e))
+	for i, d := range e {
+		errs[i] = d
+	}
+	return errs
+}
+
+// TTL returns the time the hash has left to live in Redis: NeverExpires
+// when it does not expire, ErrMiss when it does not exist.
+func (h *Hash[T]) TTL(ctx context.Context) (time.Duration, error) {
+	if err := h.check(ctx); err != nil {
+		return 0, err
+	}
+	return h.m.pttl(ctx, h.st, h.key)
+}
+
+// GetOrLoad returns the value of field, loading it with load when it is
+// missing: once for all concurrent callers of the fleet (see GetOrLoad).
+func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
+	if err := h.check(ctx, field); err != nil {
+		var zero T
+		return zero, err
+	}
+	v, state, err := h.read(ctx, field)
+	if err == nil {
+		switch state {
+		case stateHit:
+			h.st.hits.Add(1)
+			return v, nil
+		case stateNegative:
+			h.st.negativeHits.Add(1)
+			return v, ErrNotFound
+		}
+		h.st.misses.Add(1)
+	}
+	return h.load(ctx, field, false, load)
+}
+
+func (h *Hash[T]) load(ctx context.Context, field string, force bool, fn func(context.Context, string) (T, error)) (T, error) {
+	sp := &loadSpec{st: h.st, ref: h.ref(field), ttl: h.s.expiry(), negTTL: h.m.opts.NegativeTTL, force: force}
+	return loadEntry(ctx, h.m, sp, func(ctx context.Context) (T, error) { return fn(ctx, field) })
+}
+
+// newGen returns a new generation for a container: a random number, so a
+// generation lost (say, to eviction) never comes back with an old value.
+func newGen() string {
+	return strconv.FormatUint(mrand.Uint64()|1, 10)
+}

@@ -1,0 +1,70 @@
+package cache
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/stockpot-go/cache/internal/testredis"
+)
+
+// testClock is a clock tests move by hand.
+type testClock struct {
+	mu sync.Mutex // protects t
+	t  time.Time
+}
+
+func newClock() *testClock {
+	return &testClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// env is a test's backend with one clock shared by its Managers.
+type env struct {
+	t     testing.TB
+	b     *testredis.Backend
+	clock *testClock
+}
+
+func newEnv(t testing.TB, b *testredis.Backend) *env {
+	return &env{t: t, b: b, clock: newClock()}
+}
+
+// manager returns a new Manager on its own connection pool, closed in cleanup.
+func (e *env) manager(opts *Options) *Manager {
+	e.t.Helper()
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Now == nil {
+		o.Now = e.clock.Now
+	}
+	if o.Prefix == "" {
+		o.Prefix = "test"
+	}
+	m, err := New(e.b.Client(e.t), &o)
+	require.NoError(e.t, err)
+	e.t.Cleanup(func() { _ = m.Close() })
+	return m
+}
+
+// advance moves both Redis's TTLs and the Managers' clock by d.
+func (e *env) advance(d time.Duration) {
+	e.t.Helper()
+	e.b.FastForward(e.t, d)
+	e.clock.Add(d)
+}

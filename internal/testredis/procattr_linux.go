@@ -1,0 +1,12 @@
+//go:build linux
+
+package testredis
+
+import "syscall"
+
+// sysProcAttr makes the kernel send SIGKILL to redis-server when the thread
+// that started it exits, which includes the death of the test process, so a
+// crashed or killed test never leaves a server behind.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}

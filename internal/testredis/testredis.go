@@ -1,0 +1,455 @@
+// Package testredis is the test harness shared by the repository's tests.
+//
+// It gives a test either an in-process miniredis ([Mini]) or a real
+// redis-server process on a free loopback port ([Start]) that the test can kill
+// and restart to inject faults. [Run] runs one behaviour test against both, and
+// [Backend.FastForward] moves TTLs forward on either, so tests never sleep for
+// expiry.
+//
+// Tests that need a real server skip with a loud message when redis-server is
+// not on PATH, unless the environment sets STOCKPOT_REQUIRE_REDIS=1, in which
+// case the missing binary is a failure.
+package testredis
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// RequireEnv is the environment variable that turns a missing redis-server
+// from a skip into a failure when set to a true value ("1", "true").
+const RequireEnv = "STOCKPOT_REQUIRE_REDIS"
+
+const (
+	// startTimeout bounds how long Start and Restart wait for PING.
+	startTimeout = 10 * time.Second
+	// clientTimeout is the default dial, read and write timeout of clients
+	// made by Server.Client.
+	clientTimeout = time.Second
+	// startAttempts is how many free ports Start tries before giving up, in
+	// case another process takes the port between choosing and binding it.
+	startAttempts = 3
+)
+
+// Mini starts an in-process miniredis for t and a go-redis client on it; both
+// are closed in t.Cleanup.
+func Mini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
+	t.Helper()
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return mr, rdb
+}
+
+// Server is a real redis-server process listening on 127.0.0.1, started
+// without persistence in a temporary directory. Its methods are safe for
+// concurrent use.
+type Server struct {
+	t    testing.TB
+	bin  string
+	dir  string
+	log  string // path of the file that collects the server's stdout and stderr
+	port int
+
+	mu   sync.Mutex    // protects cmd and done
+	cmd  *exec.Cmd     // nil when no process is running
+	done chan struct{} // closed when cmd has exited
+}
+
+// Binary returns the path of the redis-server binary on PATH, or an error if
+// there is none.
+func Binary() (string, error) {
+	return exec.LookPath("redis-server")
+}
+
+var loudOnce sync.Once
+
+// Start starts a fresh redis-server for t on a free loopback port and waits
+// until it answers PING. The server is killed in t.Cleanup.
+//
+// If redis-server is not on PATH, Start skips t with a loud message, or fails
+// t when STOCKPOT_REQUIRE_REDIS=1.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		msg := "redis-server not found: real-Redis tests SKIPPED; install redis-server " +
+			"(apt-get install redis-server) or put it on PATH; set " + RequireEnv + "=1 to make this a failure"
+		if required() {
+			t.Fatalf("%s=1 but redis-server is not on PATH (install redis-server): %v", RequireEnv, err)
+		}
+		loudOnce.Do(func() { fmt.Fprintln(os.Stderr, "!!! testredis: "+msg) })
+		t.Skip("!!! " + msg)
+	}
+	dir := t.TempDir()
+	s := &Server{t: t, bin: bin, dir: dir, log: filepath.Join(dir, "redis.log")}
+	t.Cleanup(s.Kill)
+
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("testredis: finding a free port: %v", err)
+		}
+		s.port = port
+		err = s.start()
+		if err == nil {
+			return s
+		}
+		if attempt == startAttempts {
+			t.Fatalf("testredis: %v", err)
+		}
+		t.Logf("testredis: attempt %d: %v; retrying on another port", attempt, err)
+	}
+}
+
+// Addr returns the server's address, "127.0.0.1:port". It stays the same
+// across Kill and Restart.
+func (s *Server) Addr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+}
+
+// Client returns a new client to the server with 1s dial, read and write
+// timeouts, closed in t.Cleanup.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	return s.ClientWith(t, nil)
+}
+
+// ClientWith returns a new client to the server, closed in t.Cleanup. It starts
+// from the options Client uses and lets mod, if not nil, change them.
+func (s *Server) ClientWith(t testing.TB, mod func(*redis.Options)) *redis.Client {
+	t.Helper()
+	opt := &redis.Options{
+		Addr:         s.Addr(),
+		DialTimeout:  clientTimeout,
+		ReadTimeout:  clientTimeout,
+		WriteTimeout: clientTimeout,
+	}
+	if mod != nil {
+		mod(opt)
+	}
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// Kill sends SIGKILL to the server and waits for the process to exit. The port
+// is kept for Restart. Kill on a server that is not running does nothing.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.killLocked()
+}
+
+// Restart starts the server again on the same port, after killing it if it is
+// still running, and waits until it answers PING. The data of the previous
+// process is gone. On error Restart calls Fatal on the test given to Start, so
+// call it from that test's goroutine.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Kill()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("testredis: restart: %v", err)
+	}
+}
+
+// FastForward emulates the passage of d on the server for TTL purposes, in
+// every database: each key with a TTL gets PEXPIRE pttl-d, or is deleted when
+// its PTTL is at most d. Keys without a TTL are untouched. Keys are found with
+// SCAN, and each page is updated atomically by a script. This mirrors
+// miniredis's FastForward, except for hash-field TTLs, which redis-server 7.0
+// does not have.
+func (s *Server) FastForward(t testing.TB, d time.Duration) {
+	t.Helper()
+	if d <= 0 {
+		return
+	}
+	ctx := t.Context()
+	rdb := s.Client(t)
+	dbs, err := keyspaceDBs(ctx, rdb)
+	if err != nil {
+		t.Fatalf("testredis: fast-forward: %v", err)
+	}
+	for _, db := range dbs {
+		if err := fastForwardDB(ctx, rdb, db, d); err != nil {
+			t.Fatalf("testredis: fast-forward db %d: %v", db, err)
+		}
+	}
+}
+
+// fastForwardScript shortens the TTL of each of KEYS by ARGV[1] milliseconds,
+// deleting the keys whose TTL would reach zero.
+var fastForwardScript = redis.NewScript(`
+local d = tonumber(ARGV[1])
+for _, k in ipairs(KEYS) do
+  local pttl = redis.call('PTTL', k)
+  if pttl > 0 then
+    if pttl <= d then
+      redis.call('DEL', k)
+    else
+      redis.call('PEXPIRE', k, pttl - d)
+    end
+  end
+end
+return 0
+`)
+
+func fastForwardDB(ctx context.Context, rdb *redis.Client, db int, d time.Duration) error {
+	conn := rdb.Conn()
+	defer conn.Close()
+	if err := conn.Select(ctx, db).Err(); err != nil {
+		return err
+	}
+	ms := d.Milliseconds()
+	var cursor uint64
+	for {
+		keys, next, err := conn.Scan(ctx, cursor, "*", 500).Result()
+		if err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			if err := fastForwardScript.Run(ctx, conn, keys, ms).Err(); err != nil && !errors.Is(err, redis.Nil) {
+				return err
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// keyspaceDBs returns the numbers of the databases that hold keys, from
+// INFO keyspace.
+func keyspaceDBs(ctx context.Context, rdb *redis.Client) ([]int, error) {
+	info, err := rdb.Info(ctx, "keyspace").Result()
+	if err != nil {
+		return nil, err
+	}
+	var dbs []int
+	for line := range strings.Lines(info) {
+		name, _, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "db") {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimPrefix(name, "db"))
+		if err != nil {
+			return nil, fmt.Errorf("parsing INFO keyspace line %q: %w", line, err)
+		}
+		dbs = append(dbs, n)
+	}
+	return dbs, nil
+}
+
+// start starts the process on s.port and waits until it answers PING.
+func (s *Server) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return errors.New("server is already running")
+	}
+	logf, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the child has its own copy
+	offset, err := logf.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+
+	cmd := exec.Command(s.bin,
+		"--save", "",
+		"--appendonly", "no",
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--dir", s.dir,
+	)
+	cmd.Dir = s.dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+
+	if err := waitPing(s.Addr(), cmd.Process.Pid, done); err != nil {
+		s.killLocked()
+		return fmt.Errorf("redis-server on %s: %v; its output:\n%s", s.Addr(), err, s.logSince(offset))
+	}
+	return nil
+}
+
+// killLocked kills the process, if any, and waits for it. s.mu must be held.
+func (s *Server) killLocked() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+	s.cmd, s.done = nil, nil
+}
+
+// logSince returns what the server wrote to its log from offset on.
+func (s *Server) logSince(offset int64) string {
+	f, err := os.Open(s.log)
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", s.log, err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return fmt.Sprintf("(reading %s: %v)", s.log, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return fmt.Sprintf("(reading %s: %v)", s.log, err)
+	}
+	return string(b)
+}
+
+// waitPing polls addr, backing off from 2ms to 50ms, until the process pid
+// answers there, the process exits (exited is closed), or startTimeout passes.
+func waitPing(addr string, pid int, exited <-chan struct{}) error {
+	deadline := time.Now().Add(startTimeout)
+	delay := 2 * time.Millisecond
+	var lastErr error
+	for {
+		if lastErr = probe(addr, pid); lastErr == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no answer to PING within %v: %v", startTimeout, lastErr)
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("process exited before answering PING (last error: %v)", lastErr)
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+}
+
+// probe sends PING and INFO server to addr and checks that the answer comes
+// from process pid, not from another server that took the port.
+func probe(addr string, pid int) error {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(500 * time.Millisecond)); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(c, "PING\r\nINFO server\r\n"); err != nil {
+		return err
+	}
+	r := bufio.NewReader(c)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line = strings.TrimSpace(line); line != "+PONG" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	if line, err = r.ReadString('\n'); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "$"))
+	if err != nil || !strings.HasPrefix(line, "$") {
+		return fmt.Errorf("INFO server answered %q", strings.TrimSpace(line))
+	}
+	info := make([]byte, n)
+	if _, err := io.ReadFull(r, info); err != nil {
+		return err
+	}
+	want := "process_id:" + strconv.Itoa(pid)
+	for l := range strings.Lines(string(info)) {
+		if strings.TrimSpace(l) == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is served by another process (no %q in INFO server)", addr, want)
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// required reports whether the environment makes a missing redis-server a
+// failure.
+func required() bool {
+	v, err := strconv.ParseBool(os.Getenv(RequireEnv))
+	return err == nil && v
+}
+
+// Backend is one Redis to run a behaviour test against: an in-process
+// miniredis or a real redis-server.
+type Backend struct {
+	Name   string               // "miniredis" or "redis"
+	Mini   *miniredis.Miniredis // nil on a real server
+	Server *Server              // nil on miniredis
+}
+
+// Client returns a new client on the backend, closed in t.Cleanup. Several
+// calls give several connection pools on the same data, as several processes
+// of a fleet would have.
+func (b *Backend) Client(t testing.TB) redis.UniversalClient {
+	t.Helper()
+	if b.Server != nil {
+		return b.Server.Client(t)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: b.Mini.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// FastForward moves every TTL on the backend forward by d, expiring the keys
+// whose TTL runs out: miniredis's FastForward, or [Server.FastForward].
+func (b *Backend) FastForward(t testing.TB, d time.Duration) {
+	t.Helper()
+	if b.Server != nil {
+		b.Server.FastForward(t, d)
+		return
+	}
+	b.Mini.FastForward(d)
+}
+
+// Run runs fn as a subtest once per backend: "miniredis" on a fresh miniredis,
+// and "redis" on a fresh real server from [Start], which skips or fails as
+// Start does when redis-server is missing.
+func Run(t *testing.T, fn func(t *testing.T, b *Backend)) {
+	t.Helper()
+	t.Run("miniredis", func(t *testing.T) {
+		fn(t, &Backend{Name: "miniredis", Mini: miniredis.RunT(t)})
+	})
+	t.Run("redis", func(t *testing.T) {
+		fn(t, &Backend{Name: "redis", Server: Start(t)})
+	})
+}

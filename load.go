@@ -1,0 +1,373 @@
+package cache
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	mrand "math/rand/v2"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/stockpot-go/cache/internal/envelope"
+	"github.com/stockpot-go/cache/internal/scripts"
+)
+
+// Loading an entry that is missing takes two layers of deduplication.
+//
+// In a process, callers of one entry share one flight: the first starts the
+// load on a goroutine of the Manager's, under a context that keeps the first
+// caller's values but not its cancellation, and every caller (the first
+// included) waits for the result or for its own context to end.
+//
+// Across processes, the flight takes the entry's lease in Redis (SET NX PX,
+// in a script that reads the entry in the same round trip). The holder runs
+// the loader, renewing the lease while it runs, and stores the value with a
+// script that writes only while the lease is still its own. Flights of other
+// processes that find the lease taken poll for the value with a growing
+// delay, and take the lease over when it expires because its holder died.
+//
+// An invalidation deletes the lease (or moves the container's generation),
+// so the holder's store is refused and no value loaded before the
+// invalidation is stored after it. The holder then loads again, so callers
+// get a value loaded after the invalidation. Invalidations made by this
+// process also detach the flights in progress, so that callers arriving
+// after them start a new flight.
+
+// flight is one load shared by the callers of one process.
+type flight struct {
+	done chan struct{} // closed when val and err are set
+	val  any
+	err  error
+}
+
+// flightGroup holds the flights in progress, by lease key.
+type flightGroup struct {
+	mu sync.Mutex // protects m
+	m  map[string]*flight
+}
+
+// join returns the flight of key, and true when the caller started it.
+func (g *flightGroup) join(key string) (*flight, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if f, ok := g.m[key]; ok {
+		return f, false
+	}
+	f := &flight{done: make(chan struct{})}
+	g.m[key] = f
+	return f, true
+}
+
+// finish publishes f's result and removes it from the group.
+func (g *flightGroup) finish(key string, f *flight, val any, err error) {
+	g.mu.Lock()
+	if g.m[key] == f {
+		delete(g.m, key)
+	}
+	g.mu.Unlock()
+	f.val, f.err = val, err
+	close(f.done)
+}
+
+// detach makes the flights in progress unreachable for new callers; those
+// already waiting keep waiting.
+func (g *flightGroup) detach(keys ...string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if keys == nil {
+		g.m = make(map[string]*flight)
+		return
+	}
+	for _, k := range keys {
+		delete(g.m, k)
+		delete(g.m, forcedPrefix+k)
+	}
+}
+
+// detachPrefix detaches the flights whose lease key starts with prefix.
+func (g *flightGroup) detachPrefix(prefix string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k := range g.m {
+		if strings.HasPrefix(k, prefix) || strings.HasPrefix(k, forcedPrefix+prefix) {
+			delete(g.m, k)
+		}
+	}
+}
+
+// forcedPrefix marks the flights of forced loads (Refresh), which do not
+// share a flight with ordinary misses: a refresh must not return a load that
+// began before it was asked for.
+const forcedPrefix = "!"
+
+// loadSpec says what to load and how to store it.
+type loadSpec struct {
+	st     *counters
+	ref    entryRef
+	ttl    time.Duration // 0 for no expiry
+	negTTL time.Duration
+	force  bool // load even when a fresh value is there (Refresh)
+}
+
+// maxVoided bounds how often a flight loads again after invalidations void
+// its store; after that it returns its last value without storing it.
+const maxVoided = 3
+
+// loadEntry returns the entry of sp, loading it with fn when it is missing (or
+// always, with sp.force), shared as described above.
+func loadEntry[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
+	fkey := sp.ref.lease
+	if sp.force {
+		fkey = forcedPrefix + fkey
+	}
+	f, leader := m.flights.join(fkey)
+	if leader {
+		lctx := context.WithoutCancel(ctx)
+		started := m.goBackground(func() {
+			lctx, cancel := context.WithCancel(lctx)
+			defer cancel()
+			stop := context.AfterFunc(m.life, cancel)
+			defer stop()
+			v, err := runLoad(lctx, m, sp, fn)
+			m.flights.finish(fkey, f, v, err)
+		})
+		if !started {
+			m.flights.finish(fkey, f, zero, ErrClosed)
+		}
+	} else {
+		sp.st.sharedWaits.Add(1)
+	}
+	select {
+	case <-f.done:
+		if f.err != nil {
+			return zero, f.err
+		}
+		return f.val.(T), nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// acquired is what the acquire script found.
+type acquired struct {
+	value  []byte // the stored bytes, nil when absent
+	status int64  // leaseTaken, leaseBusy or valuePresent
+	gen    string
+}
+
+const (
+	leaseBusy    = 0
+	leaseTaken   = 1
+	valuePresent = 2
+)
+
+func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take bool) (acquired, error) {
+	keys := []string{ref.key, ref.lease}
+	if ref.gen != "" {
+		keys = append(keys, ref.gen)
+	}
+	flag := "0"
+	if take {
+		flag = "1"
+	}
+	res, err := scripts.Acquire.Run(ctx, m.rdb, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag).Slice()
+	if err != nil {
+		return acquired{}, err
+	}
+	var a acquired
+	if len(res) != 3 {
+		return a, errors.New("cache: unexpected reply from the acquire script")
+	}
+	if s, ok := res[0].(string); ok {
+		a.value = bytesOf(s)
+	}
+	a.status, _ = res[1].(int64)
+	a.gen, _ = res[2].(string)
+	return a, nil
+}
+
+// runLoad is a flight's work: find the value, or take the lease and load it.
+func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
+	token := rand.Text()
+	start := m.now().UnixMilli()
+	take := sp.force
+	voided := 0
+	waited := false
+	backoff := 2 * time.Millisecond
+	for {
+		a, err := m.acquire(ctx, sp.ref, token, take)
+		if err != nil {
+			if ctx.Err() != nil {
+				return zero, ctx.Err()
+			}
+			// Redis is failing: the caller still gets the loader's value,
+			// which is not stored.
+			sp.st.redisErrors.Add(1)
+			m.log.Warn("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
+			v, _, err := callLoader(ctx, sp.st, fn)
+			return v, err
+		}
+		if a.value != nil && a.status != leaseTaken {
+			// A value is there: take it if it is usable.
+			var v T
+			h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v)
+			if !sp.force || h.WrittenAt >= start {
+				switch state {
+				case stateHit:
+					return v, nil
+				case stateNegative:
+					return zero, ErrNotFound
+				}
+			}
+			if a.status == valuePresent {
+				take = true // stale, old or corrupt: load it
+				continue
+			}
+		}
+		if a.status == leaseBusy {
+			if !waited {
+				waited = true
+				sp.st.leaseWaits.Add(1)
+			}
+			if err := sleep(ctx, backoff); err != nil {
+				return zero, err
+			}
+			backoff = min(backoff*2, 64*time.Millisecond)
+			continue
+		}
+
+		// The lease is ours.
+		v, stored, err := loadAndStore(ctx, m, sp, fn, token, a.gen)
+		if err != nil || stored || voided >= maxVoided {
+			return v, err
+		}
+		voided++
+		sp.st.voidedStores.Add(1)
+		take = false // another value may be there now, stored after the invalidation
+		backoff = 2 * time.Millisecond
+	}
+}
+
+// loadAndStore runs the loader under the lease held with token and stores
+// its result. It reports whether the store took place; a store voided by an
+// invalidation returns the loaded value with stored false.
+func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), token, gen string) (T, bool, error) {
+	var zero T
+	stopRenew := m.keepLease(ctx, sp.ref.lease, token)
+	v, took, err := callLoader(ctx, sp.st, fn)
+	stopRenew()
+	now := m.now()
+	var b []byte
+	ttl := sp.ttl
+	switch {
+	case errors.Is(err, ErrNotFound):
+		ttl = sp.negTTL
+		b = m.negative(now, ttl, parseGen(gen))
+		err = ErrNotFound
+	case err == nil:
+		b, err = m.encode(v, envelope.Header{
+			WrittenAt:    now.UnixMilli(),
+			FreshUntil:   freshUntil(now, ttl),
+			LoadDuration: uint64(took.Microseconds()),
+			Gen:          parseGen(gen),
+		})
+	}
+	if b == nil {
+		m.release(sp.ref.lease, token)
+		return zero, true, err
+	}
+	keys := []string{sp.ref.key, sp.ref.lease}
+	if sp.ref.gen != "" {
+		keys = append(keys, sp.ref.gen)
+	}
+	n, serr := scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, ttl.Milliseconds()).Int()
+	switch {
+	case serr != nil:
+		// The caller still gets the value; the cache just did not keep it.
+		sp.st.redisErrors.Add(1)
+		m.log.Warn("cache: storing a loaded value failed", "key", sp.ref.key, "field", sp.ref.field, "err", serr)
+		return v, true, err
+	case n == 0:
+		return v, false, err
+	}
+	sp.st.sets.Add(1)
+	return v, true, err
+}
+
+// callLoader runs fn, turning a panic into a *PanicError, and counts it.
+func callLoader[T any](ctx context.Context, st *counters, fn func(context.Context) (T, error)) (v T, took time.Duration, err error) {
+	st.loads.Add(1)
+	start := time.Now()
+	defer func() {
+		took = time.Since(start)
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			st.loadErrors.Add(1)
+		}
+	}()
+	v, err = fn(ctx)
+	return v, 0, err
+}
+
+// keepLease renews the lease held with token every LeaseTTL/3 until the
+// returned function is called; that function waits for the renewals to stop.
+func (m *Manager) keepLease(ctx context.Context, lease, token string) func() {
+	every := m.opts.LeaseTTL / 3
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				n, err := scripts.Renew.Run(ctx, m.rdb, []string{lease}, token, m.opts.LeaseTTL.Milliseconds()).Int()
+				if err == nil && n == 0 {
+					return // voided: the store will be refused
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+// release gives up the lease held with token, on a context of its own: it
+// also runs when the load's context has ended.
+func (m *Manager) release(lease, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := scripts.Release.Run(ctx, m.rdb, []string{lease}, token).Err(); err != nil {
+		m.log.Warn("cache: releasing a lease failed; it expires on its own", "lease", lease, "err", err)
+	}
+}
+
+const releaseTimeout = time.Second
+
+// sleep waits d (with up to 25% jitter, so pollers spread out) or until ctx
+// ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	d += time.Duration(float64(d) * 0.25 * mrand.Float64())
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,268 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// GetOrLoad returns the value of key, loading it with load when it is
+// missing, and storing it for the TTL opts give.
+//
+// However many callers miss key at once, in one process or across many,
+// load runs once: callers in a process share one call, and processes take
+// turns through a lease in Redis, the others waiting for the value (see
+// Options.LeaseTTL). Each caller returns as soon as its own ctx ends; the
+// load goes on for the others, under a context that keeps ctx's values but
+// not its deadline, and ends on Close.
+//
+// A load whose key is invalidated before it is stored is not stored (it
+// would be stale) and runs again. A load that returns ErrNotFound is
+// remembered for Options.NegativeTTL; other errors are returned to every
+// caller waiting on that load and not remembered; a panic in load becomes a
+// *PanicError for every caller. When Redis fails, the caller still gets the
+// loader's value.
+func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
+	var zero T
+	if err := m.check(ctx); err != nil {
+		return zero, err
+	}
+	if key == "" {
+		return zero, fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if load == nil {
+		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	s := m.settle(opts)
+	if s.err != nil {
+		return zero, s.err
+	}
+	k := m.entryKey(key)
+	str, err := m.rdb.Get(ctx, k).Result()
+	switch {
+	case err == nil:
+		var v T
+		_, state := m.lookup(m.kv, entryRef{key: k}, bytesOf(str), "", &v)
+		switch state {
+		case stateHit:
+			m.kv.hits.Add(1)
+			return v, nil
+		case stateNegative:
+			m.kv.negativeHits.Add(1)
+			return zero, ErrNotFound
+		}
+		m.kv.misses.Add(1)
+	case errors.Is(err, redis.Nil):
+		m.kv.misses.Add(1)
+	default:
+		m.kv.redisErrors.Add(1)
+	}
+	sp := &loadSpec{st: m.kv, ref: withLease(k), ttl: s.expiry(), negTTL: m.opts.NegativeTTL}
+	return loadEntry(ctx, m, sp, load)
+}
+
+// Memo is a memoized function: its results are cached per argument. Make
+// one with Memoize.
+type Memo[A, R any] struct {
+	m    *Manager
+	name string
+	base string // prefix:{m:name}, the start of every key of the memo
+	gen  string // the generation key, moved by ForgetAll
+	fn   func(context.Context, A) (R, error)
+	s    settings
+	st   *counters
+	err  error // an invalid name, function or option, returned by every call
+}
+
+// Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
+// result, computed once per argument across the fleet (as GetOrLoad) and
+// cached for the TTL opts give.
+//
+// The argument is a key: two equal arguments give one entry, two different
+// ones two entries, in every process. Arguments are encoded canonically
+// (structs by their exported fields, maps with sorted keys); long encodings
+// are hashed with SHA-256. Unexported fields are not part of the key.
+//
+// All of a memo's entries live in one Redis Cluster hash slot, with the
+// generation that ForgetAll moves: that is what makes ForgetAll a single
+// command. A memo with a very large number of entries therefore sits on
+// one node of a cluster.
+func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, error), opts ...Option) *Memo[A, R] {
+	mm := &Memo[A, R]{m: m, name: name, fn: fn, s: m.settle(opts)}
+	mm.err = mm.s.err
+	switch {
+	case name == "":
+		mm.err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
+	case fn == nil:
+		mm.err = fmt.Errorf("%w: nil function for memo %q", ErrInvalidOption, name)
+	}
+	mm.base = m.memoBase(name)
+	mm.gen = mm.base + ":g"
+	mm.st = m.stats.get("memo:" + name)
+	return mm
+}
+
+// Name returns the name the memo was made with.
+func (mm *Memo[A, R]) Name() string { return mm.name }
+
+// Key returns the Redis key of args's entry.
+func (mm *Memo[A, R]) Key(args A) (string, error) {
+	ref, err := mm.ref(args)
+	return ref.key, err
+}
+
+func (mm *Memo[A, R]) ref(args A) (entryRef, error) {
+	if mm.err != nil {
+		return entryRef{}, mm.err
+	}
+	k, err := argKey(args)
+	if err != nil {
+		return entryRef{}, fmt.Errorf("cache: memo %q: argument %T is not a key: %w", mm.name, args, err)
+	}
+	return entryRef{key: mm.base + ":e:" + k, lease: mm.base + ":l:" + k, gen: mm.gen}, nil
+}
+
+func (mm *Memo[A, R]) prepare(ctx context.Context, args A) (entryRef, error) {
+	if err := mm.m.check(ctx); err != nil {
+		return entryRef{}, err
+	}
+	return mm.ref(args)
+}
+
+// Get returns fn(ctx, args)'s result, from the cache when it holds a fresh
+// one, else computed once across the fleet and stored. Errors are as for
+// GetOrLoad.
+func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
+	var zero R
+	ref, err := mm.prepare(ctx, args)
+	if err != nil {
+		return zero, err
+	}
+	// The entry and its generation, in one command on one slot.
+	vals, err := mm.m.rdb.MGet(ctx, ref.key, ref.gen).Result()
+	if err == nil && len(vals) == 2 {
+		if s, ok := vals[0].(string); ok {
+			gen := "0"
+			if g, ok := vals[1].(string); ok {
+				gen = g
+			}
+			var v R
+			_, state := mm.m.lookup(mm.st, ref, bytesOf(s), gen, &v)
+			switch state {
+			case stateHit:
+				mm.st.hits.Add(1)
+				return v, nil
+			case stateNegative:
+				mm.st.negativeHits.Add(1)
+				return zero, ErrNotFound
+			}
+		}
+		mm.st.misses.Add(1)
+	} else {
+		mm.st.redisErrors.Add(1)
+	}
+	return mm.load(ctx, ref, args, false)
+}
+
+func (mm *Memo[A, R]) load(ctx context.Context, ref entryRef, args A, force bool) (R, error) {
+	sp := &loadSpec{st: mm.st, ref: ref, ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force}
+	return loadEntry(ctx, mm.m, sp, func(ctx context.Context) (R, error) { return mm.fn(ctx, args) })
+}
+
+// Refresh computes fn(ctx, args) anew and stores it over the old entry,
+// which readers keep getting until the new one is stored: there is no
+// moment at which they miss. Concurrent refreshes of one argument share one
+// computation.
+func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
+	ref, err := mm.prepare(ctx, args)
+	if err != nil {
+		var zero R
+		return zero, err
+	}
+	return mm.load(ctx, ref, args, true)
+}
+
+// Forget removes args's entry and voids its loads in flight: once Forget
+// returns, no result computed before it is stored or returned by Get.
+func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
+	ref, err := mm.prepare(ctx, args)
+	if err != nil {
+		return err
+	}
+	if err := mm.m.rdb.Del(ctx, ref.lease, ref.key).Err(); err != nil {
+		mm.st.redisErrors.Add(1)
+		return err
+	}
+	mm.m.flights.detach(ref.lease)
+	mm.st.deletes.Add(1)
+	return nil
+}
+
+// ForgetAll forgets every entry of the memo in one command, however many
+// there are: it moves the memo's generation, so entries stored under the
+// old one are misses from then on (and expire with their TTL), and loads in
+// flight are not stored.
+func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
+	if mm.err != nil {
+		return mm.err
+	}
+	if err := mm.m.check(ctx); err != nil {
+		return err
+	}
+	if err := mm.m.rdb.Set(ctx, mm.gen, newGen(), 0).Err(); err != nil {
+		mm.st.redisErrors.Add(1)
+		return err
+	}
+	mm.m.flights.detachPrefix(mm.base)
+	mm.st.deletes.Add(1)
+	return nil
+}
+
+// argKey returns the canonical key text of a memo argument: readable for
+// strings and integers, the base64 of a canonical MessagePack encoding for
+// short values of other types, its SHA-256 for long ones. Each form has its
+// own marker, so two kinds never give one text.
+func argKey(a any) (string, error) {
+	switch v := a.(type) {
+	case string:
+		if len(v) <= maxPlainArg {
+			return "s:" + v, nil
+		}
+	case int:
+		return "i:" + strconv.Itoa(v), nil
+	case int64:
+		return "i:" + strconv.FormatInt(v, 10), nil
+	case struct{}:
+		return "_", nil
+	}
+	enc := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(enc)
+	var buf bytesBuffer
+	enc.Reset(&buf)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(a); err != nil {
+		return "", err
+	}
+	if len(buf) <= maxPlainArg*3/4 {
+		return "b:" + base64.RawURLEncoding.EncodeToString(buf), nil
+	}
+	sum := sha256.Sum256(buf)
+	return "h:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
+}
+
+// maxPlainArg is the longest argument text kept as it is in a key.
+const maxPlainArg = 96
+
+// bytesBuffer is the smallest io.Writer over a byte slice.
+type bytesBuffer []byte
+
+func (b *bytesBuffer) Write(p []byte) (int, error) {
+	*b = append(*b, p...)
+	return len(p), nil
+}
