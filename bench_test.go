@@ -81,3 +81,71 @@ func BenchmarkGet(b *testing.B) {
 		}
 	})
 }
+
+func BenchmarkMemoGet(b *testing.B) {
+	_, rdb, m := benchSetup(b)
+	ctx := context.Background()
+	payload := benchPayload()
+	raw, err := Msgpack.Marshal(payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "raw", raw, 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	type query struct {
+		Region string
+		Limit  int
+	}
+	leaderboard := Memoize(m, "leaderboard", func(ctx context.Context, q query) ([]benchRow, error) {
+		return payload, nil
+	})
+	q := query{Region: "Mumbai", Limit: 20}
+	if _, err := leaderboard.Get(ctx, q); err != nil {
+		b.Fatal(err)
+	}
+	rawGet := func() {
+		data, err := rdb.Get(ctx, "raw").Bytes()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var v []benchRow
+		if err := Msgpack.Unmarshal(data, &v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	memoGet := func() {
+		if _, err := leaderboard.Get(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	b.Run("raw-go-redis", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			rawGet()
+		}
+	})
+	b.Run("stockpot", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			memoGet()
+		}
+	})
+	b.Run("parallel/raw-go-redis", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				rawGet()
+			}
+		})
+	})
+	b.Run("parallel/stockpot", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				memoGet()
+			}
+		})
+	})
+}

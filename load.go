@@ -30,16 +30,27 @@ import (
 //
 // An invalidation deletes the lease (or moves the container's generation),
 // so the holder's store is refused and no value loaded before the
-// invalidation is stored after it. The holder then loads again, so callers
-// get a value loaded after the invalidation. Invalidations made by this
-// process also detach the flights in progress, so that callers arriving
-// after them start a new flight.
+// invalidation is stored after it.
+//
+// A flight's result goes only to callers that joined before the Redis call
+// that produced it (the read that found the value, or the store of the
+// loaded one) or, for a value whose store was voided, before its load began.
+// Those callers' calls overlap any invalidation the result missed. A caller
+// that joined later may have joined after an invalidation returned (one
+// made by another process, which this process does not see), so it starts
+// a new flight. Invalidations made by this process also detach the flights
+// in progress, so that callers arriving after them start a new flight at
+// once.
 
 // flight is one load shared by the callers of one process.
 type flight struct {
-	done chan struct{} // closed when val and err are set
+	done chan struct{} // closed when the fields below are set
 	val  any
 	err  error
+	// at is when the Redis call that produced val began (for a value whose
+	// store was voided, when its load began); zero when there was none.
+	// Callers that joined after it do not take the result.
+	at time.Time
 }
 
 // flightGroup holds the flights in progress, by lease key.
@@ -61,13 +72,13 @@ func (g *flightGroup) join(key string) (*flight, bool) {
 }
 
 // finish publishes f's result and removes it from the group.
-func (g *flightGroup) finish(key string, f *flight, val any, err error) {
+func (g *flightGroup) finish(key string, f *flight, val any, at time.Time, err error) {
 	g.mu.Lock()
 	if g.m[key] == f {
 		delete(g.m, key)
 	}
 	g.mu.Unlock()
-	f.val, f.err = val, err
+	f.val, f.err, f.at = val, err, at
 	close(f.done)
 }
 
@@ -111,43 +122,45 @@ type loadSpec struct {
 	force  bool // load even when a fresh value is there (Refresh)
 }
 
-// maxVoided bounds how often a flight loads again after invalidations void
-// its store; after that it returns its last value without storing it.
-const maxVoided = 3
-
-// loadEntry returns the entry of sp, loading it with fn when it is missing (or
-// always, with sp.force), shared as described above.
+// loadEntry returns the entry of sp, loading it with fn when it is missing
+// (or always, with sp.force), shared as described above.
 func loadEntry[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
 	var zero T
 	fkey := sp.ref.lease
 	if sp.force {
 		fkey = forcedPrefix + fkey
 	}
-	f, leader := m.flights.join(fkey)
-	if leader {
-		lctx := context.WithoutCancel(ctx)
-		started := m.goBackground(func() {
-			lctx, cancel := context.WithCancel(lctx)
-			defer cancel()
-			stop := context.AfterFunc(m.life, cancel)
-			defer stop()
-			v, err := runLoad(lctx, m, sp, fn)
-			m.flights.finish(fkey, f, v, err)
-		})
-		if !started {
-			m.flights.finish(fkey, f, zero, ErrClosed)
+	for {
+		joined := time.Now()
+		f, leader := m.flights.join(fkey)
+		if leader {
+			lctx := context.WithoutCancel(ctx)
+			started := m.goBackground(func() {
+				lctx, cancel := context.WithCancel(lctx)
+				defer cancel()
+				stop := context.AfterFunc(m.life, cancel)
+				defer stop()
+				v, at, err := runLoad(lctx, m, sp, fn)
+				m.flights.finish(fkey, f, v, at, err)
+			})
+			if !started {
+				m.flights.finish(fkey, f, zero, time.Time{}, ErrClosed)
+			}
+		} else {
+			sp.st.sharedWaits.Add(1)
 		}
-	} else {
-		sp.st.sharedWaits.Add(1)
-	}
-	select {
-	case <-f.done:
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		}
+		if !f.at.IsZero() && joined.After(f.at) && (f.err == nil || errors.Is(f.err, ErrNotFound)) {
+			continue // read before an invalidation this caller may have seen return
+		}
 		if f.err != nil {
 			return zero, f.err
 		}
 		return f.val.(T), nil
-	case <-ctx.Done():
-		return zero, ctx.Err()
 	}
 }
 
@@ -190,26 +203,28 @@ func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take 
 }
 
 // runLoad is a flight's work: find the value, or take the lease and load it.
-func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+// It returns the value with the time the Redis call that found or stored it
+// began (see flight.at).
+func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (v T, at time.Time, err error) {
 	var zero T
 	token := rand.Text()
 	start := m.now().UnixMilli()
 	take := sp.force
-	voided := 0
 	waited := false
 	backoff := 2 * time.Millisecond
 	for {
+		asked := time.Now()
 		a, err := m.acquire(ctx, sp.ref, token, take)
 		if err != nil {
 			if ctx.Err() != nil {
-				return zero, ctx.Err()
+				return zero, time.Time{}, ctx.Err()
 			}
 			// Redis is failing: the caller still gets the loader's value,
 			// which is not stored.
 			sp.st.redisErrors.Add(1)
 			m.log.Warn("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
 			v, _, err := callLoader(ctx, sp.st, fn)
-			return v, err
+			return v, time.Time{}, err
 		}
 		if a.value != nil && a.status != leaseTaken {
 			// A value is there: take it if it is usable.
@@ -218,9 +233,9 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			if !sp.force || h.WrittenAt >= start {
 				switch state {
 				case stateHit:
-					return v, nil
+					return v, asked, nil
 				case stateNegative:
-					return zero, ErrNotFound
+					return zero, asked, ErrNotFound
 				}
 			}
 			if a.status == valuePresent {
@@ -234,28 +249,28 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 				sp.st.leaseWaits.Add(1)
 			}
 			if err := sleep(ctx, backoff); err != nil {
-				return zero, err
+				return zero, time.Time{}, err
 			}
 			backoff = min(backoff*2, 64*time.Millisecond)
 			continue
 		}
 
 		// The lease is ours.
-		v, stored, err := loadAndStore(ctx, m, sp, fn, token, a.gen)
-		if err != nil || stored || voided >= maxVoided {
-			return v, err
+		began := time.Now()
+		v, storedAt, voided, err := loadAndStore(ctx, m, sp, fn, token, a.gen)
+		if voided {
+			sp.st.voidedStores.Add(1)
+			return v, began, err
 		}
-		voided++
-		sp.st.voidedStores.Add(1)
-		take = false // another value may be there now, stored after the invalidation
-		backoff = 2 * time.Millisecond
+		return v, storedAt, err
 	}
 }
 
 // loadAndStore runs the loader under the lease held with token and stores
-// its result. It reports whether the store took place; a store voided by an
-// invalidation returns the loaded value with stored false.
-func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), token, gen string) (T, bool, error) {
+// its result. It returns when the store call began (zero when nothing was
+// stored: an error, or Redis failing), and whether an invalidation voided
+// the store; the loaded value is returned all the same.
+func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), token, gen string) (T, time.Time, bool, error) {
 	var zero T
 	stopRenew := m.keepLease(ctx, sp.ref.lease, token)
 	v, took, err := callLoader(ctx, sp.st, fn)
@@ -278,24 +293,25 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 	}
 	if b == nil {
 		m.release(sp.ref.lease, token)
-		return zero, true, err
+		return zero, time.Time{}, false, err
 	}
 	keys := []string{sp.ref.key, sp.ref.lease}
 	if sp.ref.gen != "" {
 		keys = append(keys, sp.ref.gen)
 	}
+	storeAt := time.Now()
 	n, serr := scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, ttl.Milliseconds()).Int()
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
 		sp.st.redisErrors.Add(1)
 		m.log.Warn("cache: storing a loaded value failed", "key", sp.ref.key, "field", sp.ref.field, "err", serr)
-		return v, true, err
+		return v, time.Time{}, false, err
 	case n == 0:
-		return v, false, err
+		return v, time.Time{}, true, err
 	}
 	sp.st.sets.Add(1)
-	return v, true, err
+	return v, storeAt, false, err
 }
 
 // callLoader runs fn, turning a panic into a *PanicError, and counts it.

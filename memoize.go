@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // GetOrLoad returns the value of key, loading it with load when it is
@@ -74,10 +74,12 @@ type Memo[A, R any] struct {
 	name string
 	base string // prefix:{m:name}, the start of every key of the memo
 	gen  string // the generation key, moved by ForgetAll
-	fn   func(context.Context, A) (R, error)
-	s    settings
-	st   *counters
-	err  error // an invalid name, function or option, returned by every call
+	// genArg is gen as a command argument, boxed once rather than on every Get.
+	genArg any
+	fn     func(context.Context, A) (R, error)
+	s      settings
+	st     *counters
+	err    error // an invalid name, function or option, returned by every call
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -85,9 +87,10 @@ type Memo[A, R any] struct {
 // cached for the TTL opts give.
 //
 // The argument is a key: two equal arguments give one entry, two different
-// ones two entries, in every process. Arguments are encoded canonically
-// (structs by their exported fields, maps with sorted keys); long encodings
-// are hashed with SHA-256. Unexported fields are not part of the key.
+// ones two entries, in every process. Arguments are encoded canonically as
+// JSON (structs by their exported fields, maps with sorted keys); long
+// encodings are hashed with SHA-256. Fields that JSON leaves out
+// (unexported, or tagged "-") are not part of the key.
 //
 // All of a memo's entries live in one Redis Cluster hash slot, with the
 // generation that ForgetAll moves: that is what makes ForgetAll a single
@@ -104,6 +107,7 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 	}
 	mm.base = m.memoBase(name)
 	mm.gen = mm.base + ":g"
+	mm.genArg = mm.gen
 	mm.st = m.stats.get("memo:" + name)
 	return mm
 }
@@ -117,15 +121,23 @@ func (mm *Memo[A, R]) Key(args A) (string, error) {
 	return ref.key, err
 }
 
+// ref returns where args's entry lives. The lease key, needed only to load,
+// is left for withLease to add.
 func (mm *Memo[A, R]) ref(args A) (entryRef, error) {
 	if mm.err != nil {
 		return entryRef{}, mm.err
 	}
-	k, err := argKey(args)
+	k, err := argKey(mm.base+":e:", args)
 	if err != nil {
 		return entryRef{}, fmt.Errorf("cache: memo %q: argument %T is not a key: %w", mm.name, args, err)
 	}
-	return entryRef{key: mm.base + ":e:" + k, lease: mm.base + ":l:" + k, gen: mm.gen}, nil
+	return entryRef{key: k, gen: mm.gen}, nil
+}
+
+// withLease adds the lease key to a ref made by ref.
+func (mm *Memo[A, R]) withLease(ref entryRef) entryRef {
+	ref.lease = mm.base + ":l:" + ref.key[len(mm.base)+len(":e:"):]
+	return ref
 }
 
 func (mm *Memo[A, R]) prepare(ctx context.Context, args A) (entryRef, error) {
@@ -145,7 +157,9 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 		return zero, err
 	}
 	// The entry and its generation, in one command on one slot.
-	vals, err := mm.m.rdb.MGet(ctx, ref.key, ref.gen).Result()
+	cmd := redis.NewSliceCmd(ctx, "mget", ref.key, mm.genArg)
+	_ = mm.m.rdb.Process(ctx, cmd)
+	vals, err := cmd.Result()
 	if err == nil && len(vals) == 2 {
 		if s, ok := vals[0].(string); ok {
 			gen := "0"
@@ -171,7 +185,7 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 }
 
 func (mm *Memo[A, R]) load(ctx context.Context, ref entryRef, args A, force bool) (R, error) {
-	sp := &loadSpec{st: mm.st, ref: ref, ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force}
+	sp := &loadSpec{st: mm.st, ref: mm.withLease(ref), ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force}
 	return loadEntry(ctx, mm.m, sp, func(ctx context.Context) (R, error) { return mm.fn(ctx, args) })
 }
 
@@ -195,6 +209,7 @@ func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
 	if err != nil {
 		return err
 	}
+	ref = mm.withLease(ref)
 	if err := mm.m.rdb.Del(ctx, ref.lease, ref.key).Err(); err != nil {
 		mm.st.redisErrors.Add(1)
 		return err
@@ -224,45 +239,33 @@ func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
 	return nil
 }
 
-// argKey returns the canonical key text of a memo argument: readable for
-// strings and integers, the base64 of a canonical MessagePack encoding for
-// short values of other types, its SHA-256 for long ones. Each form has its
-// own marker, so two kinds never give one text.
-func argKey(a any) (string, error) {
+// argKey returns prefix followed by the canonical key text of a memo
+// argument: readable for strings and integers, its JSON (which sorts map
+// keys) for short values of other types, the SHA-256 of that JSON for long
+// ones. Each form has its own marker, so two forms never give one text.
+func argKey(prefix string, a any) (string, error) {
 	switch v := a.(type) {
 	case string:
 		if len(v) <= maxPlainArg {
-			return "s:" + v, nil
+			return prefix + "s:" + v, nil
 		}
 	case int:
-		return "i:" + strconv.Itoa(v), nil
+		return prefix + "i:" + strconv.Itoa(v), nil
 	case int64:
-		return "i:" + strconv.FormatInt(v, 10), nil
+		return prefix + "i:" + strconv.FormatInt(v, 10), nil
 	case struct{}:
-		return "_", nil
+		return prefix + "_", nil
 	}
-	enc := msgpack.GetEncoder()
-	defer msgpack.PutEncoder(enc)
-	var buf bytesBuffer
-	enc.Reset(&buf)
-	enc.SetSortMapKeys(true)
-	if err := enc.Encode(a); err != nil {
+	b, err := json.Marshal(a)
+	if err != nil {
 		return "", err
 	}
-	if len(buf) <= maxPlainArg*3/4 {
-		return "b:" + base64.RawURLEncoding.EncodeToString(buf), nil
+	if len(b) <= maxPlainArg {
+		return prefix + "j:" + string(b), nil
 	}
-	sum := sha256.Sum256(buf)
-	return "h:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
+	sum := sha256.Sum256(b)
+	return prefix + "h:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
 }
 
 // maxPlainArg is the longest argument text kept as it is in a key.
 const maxPlainArg = 96
-
-// bytesBuffer is the smallest io.Writer over a byte slice.
-type bytesBuffer []byte
-
-func (b *bytesBuffer) Write(p []byte) (int, error) {
-	*b = append(*b, p...)
-	return len(p), nil
-}
