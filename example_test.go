@@ -1,0 +1,184 @@
+package cache_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stockpot-go/cache"
+)
+
+// newExampleManager returns a Manager on an in-process miniredis; a real
+// service passes its own go-redis client.
+func newExampleManager() (*cache.Manager, func()) {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	return m, func() { m.Close(); rdb.Close(); mr.Close() }
+}
+
+type Summary struct {
+	Invoices int
+	Revenue  float64
+}
+
+func ExampleManager_Set() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	_ = m.Set(ctx, "dashboard_summary", Summary{Invoices: 1200, Revenue: 35210.5}, cache.TTL(time.Hour))
+	s, err := cache.Get[Summary](ctx, m, "dashboard_summary")
+	fmt.Println(s, err)
+
+	_, err = cache.Get[Summary](ctx, m, "no_such_key")
+	fmt.Println(errors.Is(err, cache.ErrMiss))
+
+	// Zero values are hits.
+	_ = m.Set(ctx, "live_order_count", 0, cache.TTL(30*time.Second))
+	n, err := cache.Get[int](ctx, m, "live_order_count")
+	fmt.Println(n, err)
+	// Output:
+	// {1200 35210.5} <nil>
+	// true
+	// 0 <nil>
+}
+
+func ExampleGetOrLoad() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	computeSummary := func(ctx context.Context) (Summary, error) {
+		fmt.Println("computing the summary")
+		return Summary{Invoices: 1200, Revenue: 35210.5}, nil
+	}
+	for range 2 {
+		s, err := cache.GetOrLoad(ctx, m, "dashboard_summary", computeSummary, cache.TTL(time.Hour))
+		fmt.Println(s, err)
+	}
+	// Output:
+	// computing the summary
+	// {1200 35210.5} <nil>
+	// {1200 35210.5} <nil>
+}
+
+type OutletMetrics struct {
+	Orders  int
+	Revenue float64
+}
+
+func ExampleNewHash() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(time.Hour))
+	_ = metrics.SetMany(ctx, map[string]OutletMetrics{
+		"outlet-41": {Orders: 12, Revenue: 480},
+		"outlet-42": {Orders: 0, Revenue: 0},
+	})
+	om, err := metrics.GetOrLoad(ctx, "outlet-43", func(ctx context.Context, outlet string) (OutletMetrics, error) {
+		return OutletMetrics{Orders: 3, Revenue: 99}, nil
+	})
+	fmt.Println(om, err)
+
+	_ = metrics.Delete(ctx, "outlet-41") // only that outlet's field
+	all, _ := metrics.All(ctx)
+	fmt.Println(len(all), all["outlet-42"], all["outlet-43"])
+	// Output:
+	// {3 99} <nil>
+	// 2 {0 0} {3 99}
+}
+
+type LeaderboardQuery struct {
+	Region string
+	Limit  int
+}
+
+type Row struct {
+	Outlet  string
+	Revenue float64
+}
+
+func ExampleMemoize() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	computeLeaderboard := func(ctx context.Context, q LeaderboardQuery) ([]Row, error) {
+		fmt.Println("computing", q.Region, q.Limit)
+		return []Row{{"Mumbai-07", 391444}, {"Mumbai-00", 389257}}[:q.Limit], nil
+	}
+	leaderboard := cache.Memoize(m, "franchise_leaderboard", computeLeaderboard, cache.TTL(10*time.Minute))
+
+	rows, _ := leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 2})
+	fmt.Println(rows)
+	rows, _ = leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 2}) // cached
+	fmt.Println(rows)
+	rows, _ = leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 1}) // another argument
+	fmt.Println(rows)
+
+	_ = leaderboard.ForgetAll(ctx) // every argument, one command
+	rows, _ = leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 1})
+	fmt.Println(rows)
+	// Output:
+	// computing Mumbai 2
+	// [{Mumbai-07 391444} {Mumbai-00 389257}]
+	// [{Mumbai-07 391444} {Mumbai-00 389257}]
+	// computing Mumbai 1
+	// [{Mumbai-07 391444}]
+	// computing Mumbai 1
+	// [{Mumbai-07 391444}]
+}
+
+func ExampleMemo_Refresh() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	version := 1
+	menu := cache.Memoize(m, "menu", func(ctx context.Context, outlet string) (int, error) {
+		return version, nil
+	})
+	v, _ := menu.Get(ctx, "outlet-42")
+	fmt.Println(v)
+	version = 2
+	v, _ = menu.Refresh(ctx, "outlet-42") // readers keep the old value until this stores the new one
+	fmt.Println(v)
+	v, _ = menu.Get(ctx, "outlet-42")
+	fmt.Println(v)
+	// Output:
+	// 1
+	// 2
+	// 2
+}
+
+func ExampleGetOrLoad_notFound() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	findCustomer := func(ctx context.Context) (string, error) {
+		fmt.Println("querying the database")
+		return "", cache.ErrNotFound // remembered for Options.NegativeTTL
+	}
+	for range 2 {
+		_, err := cache.GetOrLoad(ctx, m, "customer:404", findCustomer)
+		fmt.Println(err)
+	}
+	// Output:
+	// querying the database
+	// cache: not found
+	// cache: not found
+}
