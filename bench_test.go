@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -148,4 +149,55 @@ func BenchmarkMemoGet(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkInvalidate invalidates 1, 10 and 500 mixed targets (keys, hash
+// fields, memo entries, memo generations) and reports the round trips each
+// call takes next to a raw go-redis DEL of one key.
+func BenchmarkInvalidate(b *testing.B) {
+	srv := testredis.Start(b)
+	rdb := srv.Client(b)
+	counter := &commandCounter{}
+	rdb.AddHook(counter)
+	m, err := New(rdb, &Options{Prefix: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = m.Close() })
+	ctx := context.Background()
+	h := NewHash[int](m, "h")
+	mm := Memoize(m, "m", func(ctx context.Context, i int) (int, error) { return i, nil })
+	b.Run("raw-go-redis-del", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := rdb.Del(ctx, "k").Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, n := range []int{1, 10, 500} {
+		targets := make([]Target, 0, n)
+		for i := 0; len(targets) < n; i++ {
+			switch i % 4 {
+			case 0:
+				targets = append(targets, Key(fmt.Sprint("k", i)))
+			case 1:
+				targets = append(targets, h.Field(fmt.Sprint("f", i)))
+			case 2:
+				targets = append(targets, mm.Entry(i))
+			case 3:
+				targets = append(targets, mm.All())
+			}
+		}
+		b.Run(fmt.Sprint("targets=", n), func(b *testing.B) {
+			b.ReportAllocs()
+			counter.trips.Store(0)
+			for b.Loop() {
+				if err := m.Invalidate(ctx, targets...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "trips/op")
+		})
+	}
 }

@@ -100,6 +100,8 @@ type Manager struct {
 	flights flightGroup
 	stats   registry
 	kv      *counters // stats of plain keys
+	inv     invStats
+	events  events
 }
 
 // New returns a Manager over rdb. It does not talk to Redis: a Manager built

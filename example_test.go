@@ -182,3 +182,56 @@ func ExampleGetOrLoad_notFound() {
 	// cache: not found
 	// cache: not found
 }
+
+type Invoice struct {
+	Outlet string
+	Amount float64
+}
+
+func ExampleManager_OnEvent() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(time.Hour))
+	// When an invoice is submitted or cancelled, the summary, the trending
+	// items, the live count and that outlet's metrics are stale.
+	rule := func(ctx context.Context, payload any) []cache.Target {
+		inv := payload.(Invoice)
+		return []cache.Target{
+			cache.Key("dashboard_summary"), cache.Key("trending_items"),
+			cache.Key("live_order_count"), metrics.Field(inv.Outlet),
+		}
+	}
+	m.OnEvent("invoice.submitted", rule)
+	m.OnEvent("invoice.cancelled", rule)
+
+	_ = m.Set(ctx, "dashboard_summary", Summary{Invoices: 1200})
+	_ = metrics.SetMany(ctx, map[string]OutletMetrics{"outlet-41": {Orders: 12}, "outlet-42": {Orders: 7}})
+
+	_ = m.Emit(ctx, "invoice.submitted", Invoice{Outlet: "outlet-42", Amount: 120})
+
+	_, err := cache.Get[Summary](ctx, m, "dashboard_summary")
+	fmt.Println(err)
+	all, _ := metrics.All(ctx)
+	fmt.Println(all)
+	// Output:
+	// cache: miss
+	// map[outlet-41:{12 0}]
+}
+
+func ExampleTag() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	_ = m.Set(ctx, "menu:outlet-41", []string{"mango"}, cache.Tags("menu"))
+	_ = m.Set(ctx, "menu:outlet-42", []string{"pista"}, cache.Tags("menu"))
+	_ = m.Set(ctx, "hours:outlet-42", "10-22")
+
+	_ = m.Invalidate(ctx, cache.Tag("menu"))
+	got, _ := cache.GetMany[any](ctx, m, "menu:outlet-41", "menu:outlet-42", "hours:outlet-42")
+	fmt.Println(len(got))
+	// Output:
+	// 1
+}

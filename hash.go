@@ -108,6 +108,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)}
 	args := make([]any, 0, 2*len(items))
 	leases := make([]string, 0, len(items))
+	refs := make([]entryRef, 0, len(items))
 	for f, v := range items {
 		if f == "" {
 			return fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
@@ -117,10 +118,16 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
 		}
 		args = append(args, f, b)
-		leases = append(leases, h.ref(f).lease)
+		ref := h.ref(f)
+		leases = append(leases, ref.lease)
+		refs = append(refs, ref)
 	}
 	if len(items) == 0 {
 		return nil
+	}
+	if err := h.m.tagEntry(ctx, h.s.tags, h.s.tagTTL(), refs...); err != nil {
+		h.st.redisErrors.Add(1)
+		return err
 	}
 	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
@@ -149,42 +156,23 @@ func (h *Hash[T]) Delete(ctx context.Context, fields ...string) error {
 	if err := h.check(ctx, fields...); err != nil {
 		return err
 	}
-	if len(fields) == 0 {
-		return nil
-	}
-	leases := make([]string, len(fields))
+	targets := make([]Target, len(fields))
 	for i, f := range fields {
-		leases[i] = h.ref(f).lease
+		targets[i] = h.Field(f)
 	}
-	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, leases...) // first, so no store lands between the two
-		p.HDel(ctx, h.key, fields...)
-		return nil
-	})
-	if err != nil {
-		h.st.redisErrors.Add(1)
+	if err := h.m.Invalidate(ctx, targets...); err != nil {
 		return err
 	}
-	h.m.flights.detach(leases...)
 	h.st.deletes.Add(uint64(len(fields)))
 	return nil
 }
 
-// Clear removes every field and voids every load of the hash in flight.
+// Clear removes every field and voids every load of the hash in flight. It
+// is Invalidate(ctx, h.AllFields()).
 func (h *Hash[T]) Clear(ctx context.Context) error {
-	if err := h.check(ctx); err != nil {
+	if err := h.m.Invalidate(ctx, h.AllFields()); err != nil {
 		return err
 	}
-	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, h.gen, newGen(), 0) // first, so no store lands between the two
-		p.Del(ctx, h.key)
-		return nil
-	})
-	if err != nil {
-		h.st.redisErrors.Add(1)
-		return err
-	}
-	h.m.flights.detachPrefix(h.key)
 	h.st.deletes.Add(1)
 	return nil
 }
@@ -277,7 +265,7 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 }
 
 func (h *Hash[T]) load(ctx context.Context, field string, force bool, fn func(context.Context, string) (T, error)) (T, error) {
-	sp := &loadSpec{st: h.st, ref: h.ref(field), ttl: h.s.expiry(), negTTL: h.m.opts.NegativeTTL, force: force}
+	sp := &loadSpec{st: h.st, ref: h.ref(field), ttl: h.s.expiry(), negTTL: h.m.opts.NegativeTTL, force: force, tags: h.s.tags, tagTTL: h.s.tagTTL()}
 	return loadEntry(ctx, h.m, sp, func(ctx context.Context) (T, error) { return fn(ctx, field) })
 }
 

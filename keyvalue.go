@@ -31,6 +31,10 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		return err
 	}
 	ref := m.keyRef(key)
+	if err := m.tagEntry(ctx, s.tags, s.tagTTL(), ref); err != nil {
+		m.kv.redisErrors.Add(1)
+		return err
+	}
 	_, err = m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, ttl)
@@ -156,6 +160,16 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		}
 		writes = append(writes, write{m.keyRef(k), b, ttl})
 	}
+	if len(s.tags) > 0 {
+		refs := make([]entryRef, len(writes))
+		for i, w := range writes {
+			refs[i] = w.ref
+		}
+		if err := m.tagEntry(ctx, s.tags, s.tagTTL(), refs...); err != nil {
+			m.kv.redisErrors.Add(1)
+			return err
+		}
+	}
 	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, w := range writes {
 			p.Del(ctx, w.ref.lease)
@@ -171,25 +185,14 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 	return nil
 }
 
-// Delete removes keys and voids the loads of them in flight.
+// Delete removes keys and voids the loads of them in flight. It is
+// Invalidate with a Key target per key.
 func (m *Manager) Delete(ctx context.Context, keys ...string) error {
-	if err := m.check(ctx); err != nil {
-		return err
+	targets := make([]Target, len(keys))
+	for i, k := range keys {
+		targets[i] = Key(k)
 	}
-	for _, k := range keys {
-		if k == "" {
-			return fmt.Errorf("%w: empty key", ErrInvalidKey)
-		}
-	}
-	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			ref := m.keyRef(k)
-			p.Del(ctx, ref.lease, ref.key) // one slot: the lease and the entry share a tag
-		}
-		return nil
-	})
-	if err != nil {
-		m.kv.redisErrors.Add(1)
+	if err := m.Invalidate(ctx, targets...); err != nil {
 		return err
 	}
 	m.kv.deletes.Add(uint64(len(keys)))

@@ -120,6 +120,17 @@ type loadSpec struct {
 	ttl    time.Duration // 0 for no expiry
 	negTTL time.Duration
 	force  bool // load even when a fresh value is there (Refresh)
+	tags   []string
+	tagTTL time.Duration // how long the tags remember the entry; 0 for ever
+}
+
+// tagMargin is how long a load's tags remember its entry when recorded
+// before the load: its TTL plus a lease's time for the load itself.
+func (sp *loadSpec) tagMargin(m *Manager) time.Duration {
+	if sp.tagTTL == 0 {
+		return 0
+	}
+	return sp.tagTTL + m.opts.LeaseTTL
 }
 
 // loadEntry returns the entry of sp, loading it with fn when it is missing
@@ -212,6 +223,17 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 	take := sp.force
 	waited := false
 	backoff := 2 * time.Millisecond
+	// Tags are recorded before the lease is taken: an invalidation of a tag
+	// that does not see this record ran before the load began.
+	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
+		if ctx.Err() != nil {
+			return zero, time.Time{}, ctx.Err()
+		}
+		sp.st.redisErrors.Add(1)
+		v, _, err := callLoader(ctx, sp.st, fn)
+		return v, time.Time{}, err
+	}
+	tagged := time.Now()
 	for {
 		asked := time.Now()
 		a, err := m.acquire(ctx, sp.ref, token, take)
@@ -258,6 +280,12 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		// The lease is ours.
 		began := time.Now()
 		v, storedAt, voided, err := loadAndStore(ctx, m, sp, fn, token, a.gen)
+		if !storedAt.IsZero() && len(sp.tags) > 0 && sp.tagTTL > 0 && time.Since(tagged) > m.opts.LeaseTTL {
+			// The load outlived the margin the tags were recorded with.
+			if err := m.tagEntry(ctx, sp.tags, sp.tagTTL, sp.ref); err != nil {
+				sp.st.redisErrors.Add(1)
+			}
+		}
 		if voided {
 			sp.st.voidedStores.Add(1)
 			return v, began, err

@@ -63,7 +63,7 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 	default:
 		m.kv.redisErrors.Add(1)
 	}
-	sp := &loadSpec{st: m.kv, ref: withLease(k), ttl: s.expiry(), negTTL: m.opts.NegativeTTL}
+	sp := &loadSpec{st: m.kv, ref: withLease(k), ttl: s.expiry(), negTTL: m.opts.NegativeTTL, tags: s.tags, tagTTL: s.tagTTL()}
 	return loadEntry(ctx, m, sp, load)
 }
 
@@ -77,9 +77,11 @@ type Memo[A, R any] struct {
 	// genArg is gen as a command argument, boxed once rather than on every Get.
 	genArg any
 	fn     func(context.Context, A) (R, error)
-	s      settings
-	st     *counters
-	err    error // an invalid name, function or option, returned by every call
+	// tagsFor gives an argument's tags, from TagsFor; nil for none.
+	tagsFor func(A) []string
+	s       settings
+	st      *counters
+	err     error // an invalid name, function or option, returned by every call
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -104,6 +106,13 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 		mm.err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
 	case fn == nil:
 		mm.err = fmt.Errorf("%w: nil function for memo %q", ErrInvalidOption, name)
+	}
+	if mm.s.tagsFor != nil {
+		f, ok := mm.s.tagsFor.(func(A) []string)
+		if !ok && mm.err == nil {
+			mm.err = fmt.Errorf("%w: TagsFor takes a func(%T) []string for memo %q", ErrInvalidOption, *new(A), name)
+		}
+		mm.tagsFor = f
 	}
 	mm.base = m.memoBase(name)
 	mm.gen = mm.base + ":g"
@@ -185,7 +194,18 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 }
 
 func (mm *Memo[A, R]) load(ctx context.Context, ref entryRef, args A, force bool) (R, error) {
-	sp := &loadSpec{st: mm.st, ref: mm.withLease(ref), ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force}
+	tags := mm.s.tags
+	if mm.tagsFor != nil {
+		extra := mm.tagsFor(args)
+		for _, t := range extra {
+			if t == "" {
+				var zero R
+				return zero, fmt.Errorf("%w: TagsFor gave an empty tag for memo %q", ErrInvalidKey, mm.name)
+			}
+		}
+		tags = append(tags[:len(tags):len(tags)], extra...)
+	}
+	sp := &loadSpec{st: mm.st, ref: mm.withLease(ref), ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force, tags: tags, tagTTL: mm.s.tagTTL()}
 	return loadEntry(ctx, mm.m, sp, func(ctx context.Context) (R, error) { return mm.fn(ctx, args) })
 }
 
@@ -203,18 +223,12 @@ func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 }
 
 // Forget removes args's entry and voids its loads in flight: once Forget
-// returns, no result computed before it is stored or returned by Get.
+// returns, no result computed before it is stored or returned by Get. It is
+// Invalidate(ctx, mm.Entry(args)).
 func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
-	ref, err := mm.prepare(ctx, args)
-	if err != nil {
+	if err := mm.m.Invalidate(ctx, mm.Entry(args)); err != nil {
 		return err
 	}
-	ref = mm.withLease(ref)
-	if err := mm.m.rdb.Del(ctx, ref.lease, ref.key).Err(); err != nil {
-		mm.st.redisErrors.Add(1)
-		return err
-	}
-	mm.m.flights.detach(ref.lease)
 	mm.st.deletes.Add(1)
 	return nil
 }
@@ -222,19 +236,11 @@ func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
 // ForgetAll forgets every entry of the memo in one command, however many
 // there are: it moves the memo's generation, so entries stored under the
 // old one are misses from then on (and expire with their TTL), and loads in
-// flight are not stored.
+// flight are not stored. It is Invalidate(ctx, mm.All()).
 func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
-	if mm.err != nil {
-		return mm.err
-	}
-	if err := mm.m.check(ctx); err != nil {
+	if err := mm.m.Invalidate(ctx, mm.All()); err != nil {
 		return err
 	}
-	if err := mm.m.rdb.Set(ctx, mm.gen, newGen(), 0).Err(); err != nil {
-		mm.st.redisErrors.Add(1)
-		return err
-	}
-	mm.m.flights.detachPrefix(mm.base)
 	mm.st.deletes.Add(1)
 	return nil
 }

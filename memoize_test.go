@@ -423,19 +423,37 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 	})
 }
 
-// commandCounter is a go-redis hook that counts the commands sent.
-type commandCounter struct{ n atomic.Int64 }
+// commandCounter is a go-redis hook that counts the commands sent, and the
+// round trips (a command alone, or a pipeline), leaving out a new
+// connection's handshake.
+type commandCounter struct{ n, trips atomic.Int64 }
+
+func handshake(cmd redis.Cmder) bool {
+	return cmd.Name() == "hello" || cmd.Name() == "client"
+}
 
 func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
+		if !handshake(cmd) {
+			c.n.Add(1)
+			c.trips.Add(1)
+		}
 		return next(ctx, cmd)
 	}
 }
 func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(int64(len(cmds)))
+		counted := false
+		for _, cmd := range cmds {
+			if !handshake(cmd) {
+				c.n.Add(1)
+				counted = true
+			}
+		}
+		if counted {
+			c.trips.Add(1)
+		}
 		return next(ctx, cmds)
 	}
 }

@@ -13,7 +13,9 @@ type settings struct {
 	ttl      time.Duration // 0: Options.DefaultTTL
 	noExpiry bool
 	jitter   float64 // negative: Options.Jitter
-	err      error   // the first invalid option
+	tags     []string
+	tagsFor  any   // a func(A) []string, for a Memo[A, R]
+	err      error // the first invalid option
 }
 
 // settle applies opts over the Manager's defaults.

@@ -29,6 +29,8 @@ type Stats struct {
 	// ByName has a Counters per name: "keys" for plain keys, "hash:NAME"
 	// for each Hash, "memo:NAME" for each Memo.
 	ByName map[string]Counters
+	// Invalidations counts Invalidate's work and the events emitted.
+	Invalidations InvalidationStats
 }
 
 // Names returns the names in s, sorted.
@@ -43,7 +45,9 @@ func (s Stats) Names() []string {
 
 // Stats returns a snapshot of the Manager's counters.
 func (m *Manager) Stats() Stats {
-	return m.stats.snapshot()
+	s := m.stats.snapshot()
+	s.Invalidations = m.inv.snapshot()
+	return s
 }
 
 // counters is the live form of Counters.

@@ -55,6 +55,15 @@ func (s *settings) expiry() time.Duration {
 	return ttl
 }
 
+// tagTTL is how long a tag must remember an entry stored with s: at least
+// as long as the entry lives (jitter only shortens it); 0 for no expiry.
+func (s *settings) tagTTL() time.Duration {
+	if s.noExpiry {
+		return 0
+	}
+	return s.ttl
+}
+
 // NeverExpires is what TTL returns for an entry stored with NoExpiry.
 const NeverExpires time.Duration = -1
 

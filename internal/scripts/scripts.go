@@ -17,6 +17,8 @@ var (
 	renewSrc string
 	//go:embed release.lua
 	releaseSrc string
+	//go:embed tag_add.lua
+	tagAddSrc string
 )
 
 // The scripts, by file name.
@@ -25,4 +27,5 @@ var (
 	Store   = redis.NewScript(storeSrc)
 	Renew   = redis.NewScript(renewSrc)
 	Release = redis.NewScript(releaseSrc)
+	TagAdd  = redis.NewScript(tagAddSrc)
 )
