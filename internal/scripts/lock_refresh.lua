@@ -1,0 +1,14 @@
+-- lock_refresh: extend, or only read, the lease of a lock held with a token.
+-- KEYS[1] the lock key
+-- ARGV[1] the token
+-- ARGV[2] the new lease time, milliseconds; '0' to read the lease only
+-- Returns the lease's remaining milliseconds when the lock is held with this
+-- token, -2 when it is not (it expired, or another token holds it).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -2
+end
+if ARGV[2] == '0' then
+  return redis.call('PTTL', KEYS[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return tonumber(ARGV[2])
