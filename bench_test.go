@@ -3,7 +3,11 @@ package cache
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -200,4 +204,66 @@ func BenchmarkInvalidate(b *testing.B) {
 			b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "trips/op")
 		})
 	}
+}
+
+// BenchmarkStaleRead reports p50 and p99 latency of Memo.Get on plain hits
+// and on stale hits while a 50 ms loader refreshes the entry over and over
+// (the clock is moved ahead every 10 ms, so the entry is always stale).
+func BenchmarkStaleRead(b *testing.B) {
+	srv := testredis.Start(b)
+	rdb := srv.Client(b)
+	var offset atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	m, err := New(rdb, &Options{Prefix: "bench", Now: clock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = m.Close() })
+	ctx := context.Background()
+	payload := benchPayload()
+	var loads atomic.Int64
+	feed := Memoize(m, "feed", func(ctx context.Context, user string) ([]benchRow, error) {
+		loads.Add(1)
+		time.Sleep(50 * time.Millisecond)
+		return payload, nil
+	}, TTL(time.Minute), Jitter(0), StaleFor(time.Hour))
+	if _, err := feed.Get(ctx, "ana"); err != nil {
+		b.Fatal(err)
+	}
+	measure := func(b *testing.B) {
+		b.ReportAllocs()
+		lat := make([]time.Duration, 0, 1<<16)
+		for b.Loop() {
+			t0 := time.Now()
+			if _, err := feed.Get(ctx, "ana"); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+	}
+	b.Run("hit", measure)
+	b.Run("stale-during-refresh", func(b *testing.B) {
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			t := time.NewTicker(10 * time.Millisecond)
+			defer t.Stop()
+			for {
+				offset.Add(int64(2 * time.Minute))
+				select {
+				case <-done:
+					return
+				case <-t.C:
+				}
+			}
+		})
+		before := loads.Load()
+		measure(b)
+		close(done)
+		wg.Wait()
+		b.ReportMetric(float64(loads.Load()-before), "refreshes")
+	})
 }

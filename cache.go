@@ -67,6 +67,19 @@ type Options struct {
 	// default: 5s
 	LeaseTTL time.Duration
 
+	// RefreshWorkers is how many background refreshes (stale-while-revalidate,
+	// early refresh, FetchOnMiss(false)) run at once.
+	//
+	// default: 4
+	RefreshWorkers int
+
+	// RefreshQueue is how many background refreshes may wait for a worker.
+	// When the queue is full, a refresh is dropped (and counted): a reader
+	// never blocks on it.
+	//
+	// default: 1024
+	RefreshQueue int
+
 	// Logger receives the Manager's log lines: failures of work nobody waits
 	// for, such as a lease that could not be released.
 	//
@@ -102,6 +115,7 @@ type Manager struct {
 	kv      *counters // stats of plain keys
 	inv     invStats
 	events  events
+	refresh refresher
 }
 
 // New returns a Manager over rdb. It does not talk to Redis: a Manager built
@@ -144,11 +158,19 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.RefreshWorkers == 0 {
+		o.RefreshWorkers = 4
+	}
+	if o.RefreshQueue == 0 {
+		o.RefreshQueue = 1024
+	}
 	switch {
 	case o.DefaultTTL < 0, o.NegativeTTL < 0, o.LeaseTTL < 0:
 		return nil, fmt.Errorf("%w: negative duration in Options", ErrInvalidOption)
 	case o.Jitter > 1:
 		return nil, fmt.Errorf("%w: Jitter %v is above 1", ErrInvalidOption, o.Jitter)
+	case o.RefreshWorkers < 0, o.RefreshQueue < 0:
+		return nil, fmt.Errorf("%w: negative RefreshWorkers or RefreshQueue", ErrInvalidOption)
 	case o.MaxValueSize < 0:
 		return nil, fmt.Errorf("%w: negative MaxValueSize", ErrInvalidOption)
 	}
@@ -168,6 +190,8 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.flights.m = make(map[string]*flight)
+	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
+	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")
 	return m, nil
 }

@@ -71,25 +71,25 @@ func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
-	v, state, err := h.read(ctx, field)
+	v, _, state, err := h.read(ctx, field)
 	if err != nil {
 		return v, err
 	}
 	return v, h.m.count(h.st, state)
 }
 
-func (h *Hash[T]) read(ctx context.Context, field string) (T, readState, error) {
+func (h *Hash[T]) read(ctx context.Context, field string) (T, envelope.Header, readState, error) {
 	var v T
 	s, err := h.m.rdb.HGet(ctx, h.key, field).Result()
 	if err != nil {
 		if errors.Is(err, redis.Nil) {
-			return v, stateMiss, nil
+			return v, envelope.Header{}, stateMiss, nil
 		}
 		h.st.redisErrors.Add(1)
-		return v, stateMiss, err
+		return v, envelope.Header{}, stateMiss, err
 	}
-	_, state := h.m.lookup(h.st, h.ref(field), bytesOf(s), "", &v)
-	return v, state, nil
+	hdr, state := h.m.lookup(h.st, entryRef{key: h.key, field: field}, bytesOf(s), "", &v)
+	return v, hdr, state, nil
 }
 
 // Set stores v in field. A load of field in flight does not overwrite it.
@@ -132,7 +132,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
 		p.HSet(ctx, h.key, args...)
-		h.expire(ctx, p, ttl)
+		h.expire(ctx, p, h.s.keep(ttl))
 		return nil
 	})
 	if err != nil {
@@ -249,24 +249,27 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 		var zero T
 		return zero, err
 	}
-	v, state, err := h.read(ctx, field)
-	if err == nil {
-		switch state {
-		case stateHit:
-			h.st.hits.Add(1)
-			return v, nil
-		case stateNegative:
-			h.st.negativeHits.Add(1)
-			return v, ErrNotFound
-		}
-		h.st.misses.Add(1)
+	v, hdr, state, _ := h.read(ctx, field)
+	switch act := h.s.decide(h.m, h.st, hdr, state); act {
+	case serve:
+		return v, nil
+	case notFound:
+		var zero T
+		return zero, ErrNotFound
+	default:
+		return finish(ctx, h.m, act, v, h.m.spec(h.ref(field), &h.s, h.st), bind(load, field))
 	}
-	return h.load(ctx, field, false, load)
+}
+
+// bind returns fn bound to field.
+func bind[T any](fn func(context.Context, string) (T, error), field string) func(context.Context) (T, error) {
+	return func(ctx context.Context) (T, error) { return fn(ctx, field) }
 }
 
 func (h *Hash[T]) load(ctx context.Context, field string, force bool, fn func(context.Context, string) (T, error)) (T, error) {
-	sp := &loadSpec{st: h.st, ref: h.ref(field), ttl: h.s.expiry(), negTTL: h.m.opts.NegativeTTL, force: force, tags: h.s.tags, tagTTL: h.s.tagTTL()}
-	return loadEntry(ctx, h.m, sp, func(ctx context.Context) (T, error) { return fn(ctx, field) })
+	sp := h.m.spec(h.ref(field), &h.s, h.st)
+	sp.force = force
+	return loadEntry(ctx, h.m, sp, bind(fn, field))
 }
 
 // newGen returns a new generation for a container: a random number, so a

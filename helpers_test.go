@@ -1,10 +1,13 @@
 package cache
 
 import (
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stockpot-go/cache/internal/testredis"
@@ -67,4 +70,24 @@ func (e *env) advance(d time.Duration) {
 	e.t.Helper()
 	e.b.FastForward(e.t, d)
 	e.clock.Add(d)
+}
+
+// newMini returns a miniredis for tests that need only one backend.
+func newMini(t testing.TB) *miniredis.Miniredis {
+	mr, _ := testredis.Mini(t)
+	return mr
+}
+
+// ownGoroutines counts the goroutines running the package's own code, not
+// its tests' nor the Redis client's.
+func ownGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "stockpot-go/cache.") && !strings.Contains(g, "_test.go") {
+			n++
+		}
+	}
+	return n
 }

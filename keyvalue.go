@@ -37,7 +37,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	}
 	_, err = m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
-		p.Set(ctx, ref.key, b, ttl)
+		p.Set(ctx, ref.key, b, s.keep(ttl))
 		return nil
 	})
 	if err != nil {
@@ -158,7 +158,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		if err != nil {
 			return fmt.Errorf("cache: key %q: %w", k, err)
 		}
-		writes = append(writes, write{m.keyRef(k), b, ttl})
+		writes = append(writes, write{m.keyRef(k), b, s.keep(ttl)})
 	}
 	if len(s.tags) > 0 {
 		refs := make([]entryRef, len(writes))

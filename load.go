@@ -118,6 +118,7 @@ type loadSpec struct {
 	st     *counters
 	ref    entryRef
 	ttl    time.Duration // 0 for no expiry
+	stale  time.Duration // how long past ttl Redis keeps the entry (StaleFor)
 	negTTL time.Duration
 	force  bool // load even when a fresh value is there (Refresh)
 	tags   []string
@@ -218,7 +219,7 @@ func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take 
 // began (see flight.at).
 func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (v T, at time.Time, err error) {
 	var zero T
-	token := rand.Text()
+	token := newToken()
 	start := m.now().UnixMilli()
 	take := sp.force
 	waited := false
@@ -328,7 +329,11 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 		keys = append(keys, sp.ref.gen)
 	}
 	storeAt := time.Now()
-	n, serr := scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, ttl.Milliseconds()).Int()
+	keep := ttl
+	if keep > 0 && !errors.Is(err, ErrNotFound) {
+		keep += sp.stale
+	}
+	n, serr := scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, keep.Milliseconds()).Int()
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
@@ -389,6 +394,9 @@ func (m *Manager) keepLease(ctx context.Context, lease, token string) func() {
 		wg.Wait()
 	}
 }
+
+// newToken returns a lease token.
+func newToken() string { return rand.Text() }
 
 // release gives up the lease held with token, on a context of its own: it
 // also runs when the load's context has ended.

@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/stockpot-go/cache/internal/envelope"
 )
 
 // GetOrLoad returns the value of key, loading it with load when it is
@@ -44,27 +46,32 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 		return zero, s.err
 	}
 	k := m.entryKey(key)
+	var v T
+	var h envelope.Header
+	state := stateMiss
 	str, err := m.rdb.Get(ctx, k).Result()
 	switch {
 	case err == nil:
-		var v T
-		_, state := m.lookup(m.kv, entryRef{key: k}, bytesOf(str), "", &v)
-		switch state {
-		case stateHit:
-			m.kv.hits.Add(1)
-			return v, nil
-		case stateNegative:
-			m.kv.negativeHits.Add(1)
-			return zero, ErrNotFound
-		}
-		m.kv.misses.Add(1)
-	case errors.Is(err, redis.Nil):
-		m.kv.misses.Add(1)
-	default:
+		h, state = m.lookup(m.kv, entryRef{key: k}, bytesOf(str), "", &v)
+	case !errors.Is(err, redis.Nil):
 		m.kv.redisErrors.Add(1)
 	}
-	sp := &loadSpec{st: m.kv, ref: withLease(k), ttl: s.expiry(), negTTL: m.opts.NegativeTTL, tags: s.tags, tagTTL: s.tagTTL()}
-	return loadEntry(ctx, m, sp, load)
+	switch act := s.decide(m, m.kv, h, state); act {
+	case serve:
+		return v, nil
+	case notFound:
+		return zero, ErrNotFound
+	default:
+		return finish(ctx, m, act, v, m.spec(withLease(k), &s, m.kv), load)
+	}
+}
+
+// spec returns the loadSpec of ref under settings s.
+func (m *Manager) spec(ref entryRef, s *settings, st *counters) *loadSpec {
+	return &loadSpec{
+		st: st, ref: ref, ttl: s.expiry(), stale: s.staleFor, negTTL: m.opts.NegativeTTL,
+		tags: s.tags, tagTTL: s.tagTTL(),
+	}
 }
 
 // Memo is a memoized function: its results are cached per argument. Make
@@ -166,6 +173,9 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 		return zero, err
 	}
 	// The entry and its generation, in one command on one slot.
+	var v R
+	var h envelope.Header
+	state := stateMiss
 	cmd := redis.NewSliceCmd(ctx, "mget", ref.key, mm.genArg)
 	_ = mm.m.rdb.Process(ctx, cmd)
 	vals, err := cmd.Result()
@@ -175,38 +185,53 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 			if g, ok := vals[1].(string); ok {
 				gen = g
 			}
-			var v R
-			_, state := mm.m.lookup(mm.st, ref, bytesOf(s), gen, &v)
-			switch state {
-			case stateHit:
-				mm.st.hits.Add(1)
-				return v, nil
-			case stateNegative:
-				mm.st.negativeHits.Add(1)
-				return zero, ErrNotFound
-			}
+			h, state = mm.m.lookup(mm.st, ref, bytesOf(s), gen, &v)
 		}
-		mm.st.misses.Add(1)
 	} else {
 		mm.st.redisErrors.Add(1)
 	}
-	return mm.load(ctx, ref, args, false)
+	switch act := mm.s.decide(mm.m, mm.st, h, state); act {
+	case serve:
+		return v, nil
+	case notFound:
+		return zero, ErrNotFound
+	default:
+		sp, err := mm.spec(ref, args, false)
+		if err != nil {
+			return zero, err
+		}
+		return finish(ctx, mm.m, act, v, sp, mm.call(args))
+	}
+}
+
+// call returns mm's function bound to args.
+func (mm *Memo[A, R]) call(args A) func(context.Context) (R, error) {
+	return func(ctx context.Context) (R, error) { return mm.fn(ctx, args) }
 }
 
 func (mm *Memo[A, R]) load(ctx context.Context, ref entryRef, args A, force bool) (R, error) {
-	tags := mm.s.tags
+	sp, err := mm.spec(ref, args, force)
+	if err != nil {
+		var zero R
+		return zero, err
+	}
+	return loadEntry(ctx, mm.m, sp, mm.call(args))
+}
+
+// spec returns the loadSpec of args's entry, with its tags.
+func (mm *Memo[A, R]) spec(ref entryRef, args A, force bool) (*loadSpec, error) {
+	sp := mm.m.spec(mm.withLease(ref), &mm.s, mm.st)
+	sp.force = force
 	if mm.tagsFor != nil {
 		extra := mm.tagsFor(args)
 		for _, t := range extra {
 			if t == "" {
-				var zero R
-				return zero, fmt.Errorf("%w: TagsFor gave an empty tag for memo %q", ErrInvalidKey, mm.name)
+				return nil, fmt.Errorf("%w: TagsFor gave an empty tag for memo %q", ErrInvalidKey, mm.name)
 			}
 		}
-		tags = append(tags[:len(tags):len(tags)], extra...)
+		sp.tags = append(sp.tags[:len(sp.tags):len(sp.tags)], extra...)
 	}
-	sp := &loadSpec{st: mm.st, ref: mm.withLease(ref), ttl: mm.s.expiry(), negTTL: mm.m.opts.NegativeTTL, force: force, tags: tags, tagTTL: mm.s.tagTTL()}
-	return loadEntry(ctx, mm.m, sp, func(ctx context.Context) (R, error) { return mm.fn(ctx, args) })
+	return sp, nil
 }
 
 // Refresh computes fn(ctx, args) anew and stores it over the old entry,

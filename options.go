@@ -14,8 +14,12 @@ type settings struct {
 	noExpiry bool
 	jitter   float64 // negative: Options.Jitter
 	tags     []string
-	tagsFor  any   // a func(A) []string, for a Memo[A, R]
-	err      error // the first invalid option
+	staleFor time.Duration // StaleFor
+	// noFetchOnMiss is FetchOnMiss(false).
+	noFetchOnMiss bool
+	earlyBeta     float64 // EarlyRefresh
+	tagsFor       any     // a func(A) []string, for a Memo[A, R]
+	err           error   // the first invalid option
 }
 
 // settle applies opts over the Manager's defaults.

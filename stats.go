@@ -9,7 +9,8 @@ import (
 // Counters are the counts of one name (or, in Stats.Total, of all names)
 // since the Manager was built.
 type Counters struct {
-	Hits         uint64 // reads answered from the cache
+	Hits         uint64 // reads answered from the cache with a fresh value
+	StaleHits    uint64 // reads answered with a stale value while it is refreshed
 	Misses       uint64 // reads that found nothing usable
 	NegativeHits uint64 // reads answered with a remembered ErrNotFound
 	Loads        uint64 // loader calls
@@ -21,6 +22,12 @@ type Counters struct {
 	Deletes      uint64 // entries deleted
 	DecodeErrors uint64 // stored values that did not decode (counted as misses too)
 	RedisErrors  uint64 // Redis calls that failed
+
+	RefreshesStarted   uint64 // background refreshes that took the lease and ran the loader
+	RefreshesSucceeded uint64 // ... that stored a new value
+	RefreshesFailed    uint64 // ... that failed (a stale value stays)
+	RefreshesDropped   uint64 // refreshes not queued because the queue was full
+	EarlyRefreshes     uint64 // refreshes scheduled early by EarlyRefresh
 }
 
 // Stats is a snapshot of a Manager's counters.
@@ -52,13 +59,15 @@ func (m *Manager) Stats() Stats {
 
 // counters is the live form of Counters.
 type counters struct {
-	hits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
-	voidedStores, sets, deletes, decodeErrors, redisErrors atomic.Uint64
+	hits, staleHits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
+	voidedStores, sets, deletes, decodeErrors, redisErrors,
+	refreshesStarted, refreshesSucceeded, refreshesFailed, refreshesDropped, earlyRefreshes atomic.Uint64
 }
 
 func (c *counters) snapshot() Counters {
 	return Counters{
 		Hits:         c.hits.Load(),
+		StaleHits:    c.staleHits.Load(),
 		Misses:       c.misses.Load(),
 		NegativeHits: c.negativeHits.Load(),
 		Loads:        c.loads.Load(),
@@ -70,11 +79,18 @@ func (c *counters) snapshot() Counters {
 		Deletes:      c.deletes.Load(),
 		DecodeErrors: c.decodeErrors.Load(),
 		RedisErrors:  c.redisErrors.Load(),
+
+		RefreshesStarted:   c.refreshesStarted.Load(),
+		RefreshesSucceeded: c.refreshesSucceeded.Load(),
+		RefreshesFailed:    c.refreshesFailed.Load(),
+		RefreshesDropped:   c.refreshesDropped.Load(),
+		EarlyRefreshes:     c.earlyRefreshes.Load(),
 	}
 }
 
 func (t *Counters) add(c Counters) {
 	t.Hits += c.Hits
+	t.StaleHits += c.StaleHits
 	t.Misses += c.Misses
 	t.NegativeHits += c.NegativeHits
 	t.Loads += c.Loads
@@ -86,6 +102,11 @@ func (t *Counters) add(c Counters) {
 	t.Deletes += c.Deletes
 	t.DecodeErrors += c.DecodeErrors
 	t.RedisErrors += c.RedisErrors
+	t.RefreshesStarted += c.RefreshesStarted
+	t.RefreshesSucceeded += c.RefreshesSucceeded
+	t.RefreshesFailed += c.RefreshesFailed
+	t.RefreshesDropped += c.RefreshesDropped
+	t.EarlyRefreshes += c.EarlyRefreshes
 }
 
 // registry holds the counters of every name.

@@ -55,13 +55,22 @@ func (s *settings) expiry() time.Duration {
 	return ttl
 }
 
+// keep returns how long Redis keeps an entry whose fresh TTL is ttl (0 for
+// no expiry): its TTL plus the StaleFor window.
+func (s *settings) keep(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return 0
+	}
+	return ttl + s.staleFor
+}
+
 // tagTTL is how long a tag must remember an entry stored with s: at least
 // as long as the entry lives (jitter only shortens it); 0 for no expiry.
 func (s *settings) tagTTL() time.Duration {
 	if s.noExpiry {
 		return 0
 	}
-	return s.ttl
+	return s.ttl + s.staleFor
 }
 
 // NeverExpires is what TTL returns for an entry stored with NoExpiry.

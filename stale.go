@@ -1,0 +1,221 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/stockpot-go/cache/internal/envelope"
+)
+
+// Stale-while-revalidate.
+//
+// An entry loaded with StaleFor(d) lives in Redis for its TTL plus d. Past
+// its TTL it is stale: a read returns it at once and schedules one refresh
+// in the background, so no reader waits for the loader while a stale value
+// exists. Refreshes run on a bounded pool of workers fed by a bounded queue;
+// a full queue drops the request (counted) rather than block a reader. A
+// refresh takes the entry's lease without waiting: if another process holds
+// it, that process is already refreshing and this one lets it. A refresh
+// that fails keeps the stale value. On Close, refreshes in flight see their
+// context cancelled, and Close waits for them.
+
+// StaleFor keeps an entry for d after its TTL, served stale while it is
+// refreshed in the background. It applies to GetOrLoad, Memoize and Hash.
+func StaleFor(d time.Duration) Option {
+	return func(s *settings) {
+		if d < 0 {
+			s.fail(fmt.Errorf("%w: StaleFor %v is negative", ErrInvalidOption, d))
+			return
+		}
+		s.staleFor = d
+	}
+}
+
+// FetchOnMiss(false) makes a cold miss return ErrMiss at once and load the
+// value in the background, for callers that would rather show nothing than
+// wait. The default is true: a miss waits for the load.
+func FetchOnMiss(fetch bool) Option {
+	return func(s *settings) { s.noFetchOnMiss = !fetch }
+}
+
+// EarlyRefresh refreshes a fresh entry in the background shortly before it
+// expires, with a probability that grows as expiry nears and with the time
+// its last load took (the XFetch rule: refresh when now − delta·beta·ln(rand)
+// reaches the expiry, delta being that load time). beta 1 is the usual
+// choice; larger refreshes earlier; 0 turns it off.
+func EarlyRefresh(beta float64) Option {
+	return func(s *settings) {
+		if beta < 0 || math.IsNaN(beta) || math.IsInf(beta, 0) {
+			s.fail(fmt.Errorf("%w: EarlyRefresh beta %v", ErrInvalidOption, beta))
+			return
+		}
+		s.earlyBeta = beta
+	}
+}
+
+// refreshEarly reports whether the XFetch rule picks this read of an entry
+// with header h to refresh it early.
+func (s *settings) refreshEarly(now time.Time, h envelope.Header) bool {
+	if s.earlyBeta <= 0 || h.FreshUntil == 0 || h.LoadDuration == 0 {
+		return false
+	}
+	delta := float64(h.LoadDuration) / 1000 // milliseconds
+	gap := -delta * s.earlyBeta * math.Log(1-rand.Float64())
+	return float64(now.UnixMilli())+gap >= float64(h.FreshUntil)
+}
+
+// readAction is what a loaded read does with what it found.
+type readAction uint8
+
+const (
+	serve        readAction = iota // return the value
+	serveRefresh                   // return the value, refresh it in the background
+	notFound                       // return ErrNotFound
+	load                           // load the value, waiting for it
+	missRefresh                    // return ErrMiss, load in the background
+)
+
+// decide counts a loaded read that found state (with header h) and says
+// what it does: hits are served (and maybe refreshed early), stale values
+// are served and refreshed when StaleFor allows, misses are loaded.
+func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state readState) readAction {
+	switch state {
+	case stateHit:
+		st.hits.Add(1)
+		if s.refreshEarly(m.now(), h) {
+			st.earlyRefreshes.Add(1)
+			return serveRefresh
+		}
+		return serve
+	case stateNegative:
+		st.negativeHits.Add(1)
+		return notFound
+	case stateStale:
+		if s.staleFor > 0 {
+			st.staleHits.Add(1)
+			return serveRefresh
+		}
+	}
+	st.misses.Add(1)
+	if s.noFetchOnMiss {
+		return missRefresh
+	}
+	return load
+}
+
+// finish carries out an action of decide that needs the loader.
+func finish[T any](ctx context.Context, m *Manager, act readAction, v T, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
+	switch act {
+	case serveRefresh:
+		scheduleRefresh(m, sp, fn)
+		return v, nil
+	case missRefresh:
+		scheduleRefresh(m, sp, fn)
+		return zero, ErrMiss
+	case notFound:
+		return zero, ErrNotFound
+	case serve:
+		return v, nil
+	}
+	return loadEntry(ctx, m, sp, fn)
+}
+
+// refresher runs background refreshes on a bounded pool.
+type refresher struct {
+	start   sync.Once
+	queue   chan func(context.Context)
+	mu      sync.Mutex          // protects pending
+	pending map[string]struct{} // leases of the entries queued or refreshing
+}
+
+// scheduleRefresh queues a background refresh of sp's entry, unless one is
+// already queued or running in this process, or the queue is full.
+func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) {
+	r := &m.refresh
+	key := sp.ref.lease
+	r.mu.Lock()
+	if _, dup := r.pending[key]; dup {
+		r.mu.Unlock()
+		return
+	}
+	r.pending[key] = struct{}{}
+	r.mu.Unlock()
+	done := func() {
+		r.mu.Lock()
+		delete(r.pending, key)
+		r.mu.Unlock()
+	}
+	r.start.Do(func() {
+		for range m.opts.RefreshWorkers {
+			m.goBackground(func() { m.runRefreshes() })
+		}
+	})
+	since := m.now().UnixMilli()
+	job := func(ctx context.Context) {
+		defer done()
+		refreshOnce(ctx, m, sp, fn, since)
+	}
+	if m.closed.Load() {
+		done()
+		return
+	}
+	select {
+	case r.queue <- job:
+	default:
+		done()
+		sp.st.refreshesDropped.Add(1)
+	}
+}
+
+// runRefreshes is a refresh worker: it runs queued refreshes until Close.
+func (m *Manager) runRefreshes() {
+	for {
+		select {
+		case <-m.life.Done():
+			return
+		case job := <-m.refresh.queue:
+			job(m.life)
+		}
+	}
+}
+
+// refreshOnce loads sp's entry and stores it, unless it was stored anew
+// since the refresh was asked for (at since, Unix milliseconds) or another
+// process holds its lease (and so is loading it).
+func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), since int64) {
+	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
+		sp.st.redisErrors.Add(1)
+		sp.st.refreshesFailed.Add(1)
+		return
+	}
+	token := newToken()
+	a, err := m.acquire(ctx, sp.ref, token, true)
+	if err != nil {
+		sp.st.redisErrors.Add(1)
+		sp.st.refreshesFailed.Add(1)
+		return
+	}
+	if a.status != leaseTaken {
+		return // another process is loading it
+	}
+	if a.value != nil {
+		var v T
+		if h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v); state == stateHit && h.WrittenAt >= since {
+			m.release(sp.ref.lease, token) // refreshed meanwhile, by another process
+			return
+		}
+	}
+	sp.st.refreshesStarted.Add(1)
+	_, _, _, err = loadAndStore(ctx, m, sp, fn, token, a.gen)
+	if err != nil && err != ErrNotFound {
+		sp.st.refreshesFailed.Add(1)
+		m.log.Debug("cache: background refresh failed; the stale value stays", "key", sp.ref.key, "field", sp.ref.field, "err", err)
+		return
+	}
+	sp.st.refreshesSucceeded.Add(1)
+}
