@@ -15,6 +15,9 @@ import "strings"
 //	prefix:{m:name}:e:arg     a memoized result
 //	prefix:{m:name}:l:arg     its load lease
 //	prefix:{m:name}:g         the memo's generation
+//	prefix:{t:tag}            a tag: a sorted set of the entries carrying it
+//	prefix:{lock:name}        a distributed lock, holding its owner's token
+//	prefix:{lock:name}:fence  its fencing counter, which never expires
 //
 // Names, keys and fields have '%' and '}' escaped, so the first '}' is always
 // the tag's end and two different names never give one key.
