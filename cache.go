@@ -116,6 +116,7 @@ type Manager struct {
 	inv     invStats
 	events  events
 	refresh refresher
+	warm    warmState
 }
 
 // New returns a Manager over rdb. It does not talk to Redis: a Manager built

@@ -266,12 +266,6 @@ func bind[T any](fn func(context.Context, string) (T, error), field string) func
 	return func(ctx context.Context) (T, error) { return fn(ctx, field) }
 }
 
-func (h *Hash[T]) load(ctx context.Context, field string, force bool, fn func(context.Context, string) (T, error)) (T, error) {
-	sp := h.m.spec(h.ref(field), &h.s, h.st)
-	sp.force = force
-	return loadEntry(ctx, h.m, sp, bind(fn, field))
-}
-
 // newGen returns a new generation for a container: a random number, so a
 // generation lost (say, to eviction) never comes back with an old value.
 func newGen() string {

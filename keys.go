@@ -18,6 +18,7 @@ import "strings"
 //	prefix:{t:tag}            a tag: a sorted set of the entries carrying it
 //	prefix:{lock:name}        a distributed lock, holding its owner's token
 //	prefix:{lock:name}:fence  its fencing counter, which never expires
+//	prefix:{warm}:period:I:N  the claim of warming period N of interval I ms
 //
 // Names, keys and fields have '%' and '}' escaped, so the first '}' is always
 // the tag's end and two different names never give one key.
