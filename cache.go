@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 )
 
 // Options configure a Manager. A nil *Options gives every default. New copies
@@ -80,6 +81,13 @@ type Options struct {
 	// default: 1024
 	RefreshQueue int
 
+	// Breaker configures the circuit breaker that stops the Manager from
+	// paying a connection timeout on every call while Redis is down. Each
+	// command is bounded by the client's own ReadTimeout and WriteTimeout
+	// (go-redis's default is 3s; a cache is better served by far less, such
+	// as 200ms), and a command that times out counts as a failure.
+	Breaker BreakerOptions
+
 	// Logger receives the Manager's log lines: failures of work nobody waits
 	// for, such as a lease that could not be released.
 	//
@@ -97,11 +105,12 @@ type Options struct {
 // It is safe for concurrent use. Build one per application with New and
 // Close it on shutdown.
 type Manager struct {
-	rdb    redis.UniversalClient
-	opts   Options
-	prefix string // opts.Prefix + ":"
-	log    *slog.Logger
-	now    func() time.Time
+	rdb     redis.UniversalClient
+	breaker *gobreaker.CircuitBreaker[struct{}] // nil when turned off
+	opts    Options
+	prefix  string // opts.Prefix + ":"
+	log     *slog.Logger
+	now     func() time.Time
 
 	life context.Context    // ends on Close; the parent of all background work
 	stop context.CancelFunc // ends life
@@ -159,6 +168,15 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Breaker.Failures == 0 {
+		o.Breaker.Failures = 5
+	}
+	if o.Breaker.CoolDown == 0 {
+		o.Breaker.CoolDown = 2 * time.Second
+	}
+	if o.Breaker.Probes == 0 {
+		o.Breaker.Probes = 1
+	}
 	if o.RefreshWorkers == 0 {
 		o.RefreshWorkers = 4
 	}
@@ -170,6 +188,8 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		return nil, fmt.Errorf("%w: negative duration in Options", ErrInvalidOption)
 	case o.Jitter > 1:
 		return nil, fmt.Errorf("%w: Jitter %v is above 1", ErrInvalidOption, o.Jitter)
+	case o.Breaker.CoolDown < 0, o.Breaker.Probes < 0:
+		return nil, fmt.Errorf("%w: negative Breaker setting", ErrInvalidOption)
 	case o.RefreshWorkers < 0, o.RefreshQueue < 0:
 		return nil, fmt.Errorf("%w: negative RefreshWorkers or RefreshQueue", ErrInvalidOption)
 	case o.MaxValueSize < 0:
@@ -188,6 +208,10 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		prefix: o.Prefix + ":",
 		log:    log,
 		now:    o.Now,
+	}
+	if o.Breaker.Failures > 0 {
+		m.breaker = newBreaker(o.Breaker)
+		rdb.AddHook(breakerHook{cb: m.breaker, closed: &m.closed})
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.flights.m = make(map[string]*flight)

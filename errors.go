@@ -30,6 +30,10 @@ var (
 	ErrLockLost = errors.New("cache: lock lost")
 	// ErrClosed is returned by every call on a closed Manager.
 	ErrClosed = errors.New("cache: manager closed")
+	// ErrUnavailable is matched by the errors of calls that could not reach
+	// Redis: a refused or lost connection, a timeout, or the circuit breaker
+	// open. Loaded reads do not return it: they fall back to the loader.
+	ErrUnavailable = errors.New("cache: redis unavailable")
 )
 
 // PanicError is the error every caller waiting on a load gets when the

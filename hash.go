@@ -257,7 +257,7 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 		var zero T
 		return zero, ErrNotFound
 	default:
-		return finish(ctx, h.m, act, v, h.m.spec(h.ref(field), &h.s, h.st), bind(load, field))
+		return finish(ctx, h.m, act, v, hdr, h.m.spec(h.ref(field), &h.s, h.st), bind(load, field))
 	}
 }
 

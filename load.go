@@ -231,6 +231,7 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			return zero, time.Time{}, ctx.Err()
 		}
 		sp.st.redisErrors.Add(1)
+		sp.st.degraded.Add(1)
 		v, _, err := callLoader(ctx, sp.st, fn)
 		return v, time.Time{}, err
 	}
@@ -245,7 +246,8 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			// Redis is failing: the caller still gets the loader's value,
 			// which is not stored.
 			sp.st.redisErrors.Add(1)
-			m.log.Warn("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
+			sp.st.degraded.Add(1)
+			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
 			v, _, err := callLoader(ctx, sp.st, fn)
 			return v, time.Time{}, err
 		}

@@ -62,7 +62,7 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 	case notFound:
 		return zero, ErrNotFound
 	default:
-		return finish(ctx, m, act, v, m.spec(withLease(k), &s, m.kv), load)
+		return finish(ctx, m, act, v, h, m.spec(withLease(k), &s, m.kv), load)
 	}
 }
 
@@ -200,7 +200,7 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 		if err != nil {
 			return zero, err
 		}
-		return finish(ctx, mm.m, act, v, sp, mm.call(args))
+		return finish(ctx, mm.m, act, v, h, sp, mm.call(args))
 	}
 }
 

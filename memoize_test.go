@@ -404,7 +404,7 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 
 		// Count the commands ForgetAll sends.
 		counter := &commandCounter{}
-		counted := b.Client(t).(*redis.Client)
+		counted := b.Client(t)
 		require.NoError(t, counted.Ping(ctx).Err()) // connect first: the handshake is not ForgetAll's
 		counted.AddHook(counter)
 		cm, err := New(counted, &Options{Prefix: "test", Now: m.now})

@@ -107,15 +107,16 @@ func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state rea
 	return load
 }
 
-// finish carries out an action of decide that needs the loader.
-func finish[T any](ctx context.Context, m *Manager, act readAction, v T, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+// finish carries out an action of decide that needs the loader; seen is the
+// header of the entry the read found (zero for none).
+func finish[T any](ctx context.Context, m *Manager, act readAction, v T, seen envelope.Header, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
 	var zero T
 	switch act {
 	case serveRefresh:
-		scheduleRefresh(m, sp, fn)
+		scheduleRefresh(m, sp, fn, seen.WrittenAt)
 		return v, nil
 	case missRefresh:
-		scheduleRefresh(m, sp, fn)
+		scheduleRefresh(m, sp, fn, seen.WrittenAt)
 		return zero, ErrMiss
 	case notFound:
 		return zero, ErrNotFound
@@ -133,9 +134,10 @@ type refresher struct {
 	pending map[string]struct{} // leases of the entries queued or refreshing
 }
 
-// scheduleRefresh queues a background refresh of sp's entry, unless one is
+// scheduleRefresh queues a background refresh of sp's entry, as read when
+// it was written at seen (Unix milliseconds, 0 when absent), unless one is
 // already queued or running in this process, or the queue is full.
-func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) {
+func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (T, error), seen int64) {
 	r := &m.refresh
 	key := sp.ref.lease
 	r.mu.Lock()
@@ -155,10 +157,9 @@ func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (
 			m.goBackground(func() { m.runRefreshes() })
 		}
 	})
-	since := m.now().UnixMilli()
 	job := func(ctx context.Context) {
 		defer done()
-		refreshOnce(ctx, m, sp, fn, since)
+		refreshOnce(ctx, m, sp, fn, seen)
 	}
 	if m.closed.Load() {
 		done()
@@ -185,9 +186,9 @@ func (m *Manager) runRefreshes() {
 }
 
 // refreshOnce loads sp's entry and stores it, unless it was stored anew
-// since the refresh was asked for (at since, Unix milliseconds) or another
-// process holds its lease (and so is loading it).
-func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), since int64) {
+// since the reader saw it written at seen (Unix milliseconds, 0 when it saw
+// none) or another process holds its lease (and so is loading it).
+func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), seen int64) {
 	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
 		sp.st.redisErrors.Add(1)
 		sp.st.refreshesFailed.Add(1)
@@ -205,7 +206,7 @@ func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(c
 	}
 	if a.value != nil {
 		var v T
-		if h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v); state == stateHit && h.WrittenAt >= since {
+		if h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
 			m.release(sp.ref.lease, token) // refreshed meanwhile, by another process
 			return
 		}

@@ -22,6 +22,7 @@ type Counters struct {
 	Deletes      uint64 // entries deleted
 	DecodeErrors uint64 // stored values that did not decode (counted as misses too)
 	RedisErrors  uint64 // Redis calls that failed
+	Degraded     uint64 // loaded reads answered by the loader alone, Redis failing
 
 	RefreshesStarted   uint64 // background refreshes that took the lease and ran the loader
 	RefreshesSucceeded uint64 // ... that stored a new value
@@ -38,6 +39,9 @@ type Stats struct {
 	ByName map[string]Counters
 	// Invalidations counts Invalidate's work and the events emitted.
 	Invalidations InvalidationStats
+	// Breaker is the circuit breaker's state: "closed", "open", "half-open"
+	// or "off".
+	Breaker string
 }
 
 // Names returns the names in s, sorted.
@@ -54,13 +58,14 @@ func (s Stats) Names() []string {
 func (m *Manager) Stats() Stats {
 	s := m.stats.snapshot()
 	s.Invalidations = m.inv.snapshot()
+	s.Breaker = m.BreakerState()
 	return s
 }
 
 // counters is the live form of Counters.
 type counters struct {
 	hits, staleHits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
-	voidedStores, sets, deletes, decodeErrors, redisErrors,
+	voidedStores, sets, deletes, decodeErrors, redisErrors, degraded,
 	refreshesStarted, refreshesSucceeded, refreshesFailed, refreshesDropped, earlyRefreshes atomic.Uint64
 }
 
@@ -79,6 +84,7 @@ func (c *counters) snapshot() Counters {
 		Deletes:      c.deletes.Load(),
 		DecodeErrors: c.decodeErrors.Load(),
 		RedisErrors:  c.redisErrors.Load(),
+		Degraded:     c.degraded.Load(),
 
 		RefreshesStarted:   c.refreshesStarted.Load(),
 		RefreshesSucceeded: c.refreshesSucceeded.Load(),
@@ -102,6 +108,7 @@ func (t *Counters) add(c Counters) {
 	t.Deletes += c.Deletes
 	t.DecodeErrors += c.DecodeErrors
 	t.RedisErrors += c.RedisErrors
+	t.Degraded += c.Degraded
 	t.RefreshesStarted += c.RefreshesStarted
 	t.RefreshesSucceeded += c.RefreshesSucceeded
 	t.RefreshesFailed += c.RefreshesFailed

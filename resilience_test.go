@@ -1,0 +1,245 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stockpot-go/cache/internal/testredis"
+)
+
+// faultClient returns a client to srv with short timeouts and no dial
+// retries, so that faults show quickly.
+func faultClient(t *testing.T, addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{
+		Addr: addr, DialTimeout: 100 * time.Millisecond, ReadTimeout: 100 * time.Millisecond,
+		WriteTimeout: 100 * time.Millisecond, MaxRetries: -1, DialerRetries: 1,
+		PoolSize: 20,
+	})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+func TestRedisKilledAndRestarted(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb := faultClient(t, srv.Addr())
+	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 3, CoolDown: 200 * time.Millisecond}})
+	require.NoError(t, err)
+	defer m.Close()
+	const loaderTime = 2 * time.Millisecond
+	square := Memoize(m, "square", func(ctx context.Context, n int) (int, error) {
+		time.Sleep(loaderTime)
+		return n * n, nil
+	})
+	ctx := t.Context()
+
+	var phase atomic.Int32 // 0 up, 1 down, 2 back up
+	var errs, calls atomic.Int64
+	var slowest [3]atomic.Int64 // per phase, after the breaker opened (phase 1)
+	var breakerOpened atomic.Bool
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := (g*1000 + i) % 50
+				start := time.Now()
+				v, err := square.Get(ctx, n)
+				took := time.Since(start)
+				calls.Add(1)
+				if err != nil || v != n*n {
+					errs.Add(1)
+					t.Errorf("Get(%d) = %d, %v", n, v, err)
+				}
+				p := phase.Load()
+				if p != 1 || breakerOpened.Load() {
+					for {
+						cur := slowest[p].Load()
+						if int64(took) <= cur || slowest[p].CompareAndSwap(cur, int64(took)) {
+							break
+						}
+					}
+				}
+			}
+		})
+	}
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > 100 }, 10*time.Second, time.Millisecond)
+
+	srv.Kill()
+	phase.Store(1)
+	require.Eventually(t, func() bool { return m.BreakerState() == "open" }, 5*time.Second, time.Millisecond)
+	breakerOpened.Store(true)
+	degradedAt := m.Stats().ByName["memo:square"].Degraded
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Degraded > degradedAt+200 }, 10*time.Second, time.Millisecond)
+
+	srv.Restart()
+	hitsAt := m.Stats().ByName["memo:square"].Hits
+	restarted := time.Now()
+	phase.Store(2)
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > hitsAt+100 }, 10*time.Second, time.Millisecond,
+		"the Manager uses Redis again once it is back")
+	t.Logf("Redis in use again %v after the restart", time.Since(restarted).Round(time.Millisecond))
+	close(stop)
+	wg.Wait()
+
+	assert.Zero(t, errs.Load(), "no loaded read saw an error")
+	assert.Equal(t, "closed", m.BreakerState())
+	openMax := time.Duration(slowest[1].Load())
+	t.Logf("%d calls; slowest call with the breaker open: %v (loader %v)", calls.Load(), openMax, loaderTime)
+	assert.Less(t, openMax, 100*time.Millisecond, "with the breaker open, no call waits for a connection timeout")
+}
+
+func TestOutageErrors(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb := faultClient(t, srv.Addr())
+	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 2, CoolDown: time.Minute}})
+	require.NoError(t, err)
+	defer m.Close()
+	ctx := t.Context()
+	h := NewHash[int](m, "h")
+	srv.Kill()
+	for range 3 {
+		assert.ErrorIs(t, m.Get(ctx, "k", new(int)), ErrUnavailable, "a plain read says Redis is unavailable")
+	}
+	assert.Equal(t, "open", m.Stats().Breaker)
+	start := time.Now()
+	assert.ErrorIs(t, m.Set(ctx, "k", 1), ErrUnavailable)
+	assert.ErrorIs(t, h.Set(ctx, "f", 1), ErrUnavailable)
+	_, err = h.Get(ctx, "f")
+	assert.ErrorIs(t, err, ErrUnavailable)
+	assert.ErrorIs(t, m.Invalidate(ctx, Key("k"), Tag("t")), ErrUnavailable, "a lost invalidation is an error the caller sees")
+	_, err = m.TryLock(ctx, "l", time.Second)
+	assert.ErrorIs(t, err, ErrUnavailable)
+	assert.Less(t, time.Since(start), 50*time.Millisecond, "the open breaker fails at once")
+
+	// 1000 concurrent callers of one key during the outage: one load.
+	var loads atomic.Int32
+	var wg sync.WaitGroup
+	var ready sync.WaitGroup
+	ready.Add(1000)
+	start = time.Now()
+	gate := make(chan struct{})
+	for range 1000 {
+		wg.Go(func() {
+			ready.Done()
+			<-gate
+			v, err := GetOrLoad(ctx, m, "hot", func(ctx context.Context) (string, error) {
+				loads.Add(1)
+				<-gate
+				time.Sleep(100 * time.Millisecond) // long enough for all 1000 to join
+				return "from the database", nil
+			})
+			assert.NoError(t, err)
+			assert.Equal(t, "from the database", v)
+		})
+	}
+	ready.Wait()
+	close(gate)
+	wg.Wait()
+	assert.Equal(t, int32(1), loads.Load(), "singleflight holds while Redis is down")
+	t.Logf("1000 callers during the outage: %d load, %v", loads.Load(), time.Since(start).Round(time.Millisecond))
+	assert.Positive(t, m.Stats().ByName["keys"].Degraded)
+}
+
+// delayProxy forwards TCP connections to a server, delaying replies by a
+// duration that can be changed while it runs.
+type delayProxy struct {
+	ln    net.Listener
+	delay atomic.Int64
+}
+
+func startDelayProxy(t *testing.T, target string) *delayProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &delayProxy{ln: ln}
+	var wg sync.WaitGroup
+	var mu sync.Mutex // protects conns
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(server, client) })
+			wg.Go(func() {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := server.Read(buf)
+					if n > 0 {
+						time.Sleep(time.Duration(p.delay.Load()))
+						if _, werr := client.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return p
+}
+
+func (p *delayProxy) Addr() string { return p.ln.Addr().String() }
+
+func TestLatencyFault(t *testing.T) {
+	srv := testredis.Start(t)
+	proxy := startDelayProxy(t, srv.Addr())
+	rdb := faultClient(t, proxy.Addr())
+	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 3, CoolDown: time.Minute}})
+	require.NoError(t, err)
+	defer m.Close()
+	ctx := t.Context()
+	memo := Memoize(m, "m", func(ctx context.Context, n int) (string, error) { return fmt.Sprint("v", n), nil })
+	for n := range 5 {
+		_, err := memo.Get(ctx, n)
+		require.NoError(t, err)
+	}
+
+	proxy.delay.Store(int64(2 * time.Second)) // Redis answers, far too late
+	var slowest time.Duration
+	for i := range 20 {
+		start := time.Now()
+		v, err := memo.Get(ctx, i%5)
+		took := time.Since(start)
+		slowest = max(slowest, took)
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprint("v", i%5), v)
+	}
+	t.Logf("slowest loaded read with 2s of latency: %v; breaker %s", slowest, m.BreakerState())
+	assert.Less(t, slowest, time.Second, "calls are bounded by the client's timeouts, not the latency")
+	assert.Equal(t, "open", m.BreakerState())
+}
