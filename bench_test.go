@@ -267,3 +267,75 @@ func BenchmarkStaleRead(b *testing.B) {
 		b.ReportMetric(float64(loads.Load()-before), "refreshes")
 	})
 }
+
+// BenchmarkLocalHit reads a memo entry from the in-process tier, for a
+// string argument and a struct argument (whose key is its JSON), next to
+// the Redis-tier hit of the same memo in the same run.
+func BenchmarkLocalHit(b *testing.B) {
+	srv := testredis.Start(b)
+	rdb := srv.Client(b)
+	m, err := New(rdb, &Options{Prefix: "bench", Local: &LocalOptions{TTL: time.Hour}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = m.Close() })
+	remote, err := New(srv.Client(b), &Options{Prefix: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = remote.Close() })
+	ctx := context.Background()
+	payload := benchPayload()
+	type query struct {
+		Region string
+		Limit  int
+	}
+	byUser := func(ctx context.Context, user string) ([]benchRow, error) { return payload, nil }
+	byQuery := func(ctx context.Context, q query) ([]benchRow, error) { return payload, nil }
+	feed := Memoize(m, "feed", byUser)
+	board := Memoize(m, "board", byQuery)
+	remoteFeed := Memoize(remote, "feed", byUser)
+	q := query{Region: "Mumbai", Limit: 20}
+	for range 2 {
+		if _, err := feed.Get(ctx, "ana"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := board.Get(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("redis-tier", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := remoteFeed.Get(ctx, "ana"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("local/string-arg", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := feed.Get(ctx, "ana"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("local/struct-arg", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := board.Get(ctx, q); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("local/string-arg/parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := feed.Get(ctx, "ana"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}

@@ -81,6 +81,12 @@ type Options struct {
 	// default: 1024
 	RefreshQueue int
 
+	// Local turns on an in-process tier in front of Redis for loaded reads
+	// (see LocalOptions); nil leaves it off.
+	//
+	// default: nil
+	Local *LocalOptions
+
 	// Breaker configures the circuit breaker that stops the Manager from
 	// paying a connection timeout on every call while Redis is down. Each
 	// command is bounded by the client's own ReadTimeout and WriteTimeout
@@ -125,6 +131,7 @@ type Manager struct {
 	inv     invStats
 	events  events
 	refresh refresher
+	local   *localTier // nil without Options.Local
 	warm    warmState
 }
 
@@ -209,6 +216,19 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		log:    log,
 		now:    o.Now,
 	}
+	if o.Local != nil {
+		lo := *o.Local
+		if lo.MaxEntries == 0 {
+			lo.MaxEntries = 10000
+		}
+		if lo.TTL == 0 {
+			lo.TTL = 10 * time.Second
+		}
+		if lo.MaxEntries < 0 || lo.TTL < 0 {
+			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
+		}
+		m.local = newLocalTier(lo, m.prefix+"{local}:invalidate")
+	}
 	if o.Breaker.Failures > 0 {
 		m.breaker = newBreaker(o.Breaker)
 		rdb.AddHook(breakerHook{cb: m.breaker, closed: &m.closed})
@@ -218,6 +238,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")
+	if m.local != nil {
+		m.goBackground(m.subscribe)
+	}
 	return m, nil
 }
 

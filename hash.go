@@ -140,6 +140,13 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		return err
 	}
 	h.st.sets.Add(uint64(len(items)))
+	if h.m.local != nil {
+		keys := make([]string, len(refs))
+		for i, r := range refs {
+			keys[i] = localKey(r)
+		}
+		h.m.dropEverywhere(ctx, false, keys)
+	}
 	return nil
 }
 
@@ -249,16 +256,21 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 		var zero T
 		return zero, err
 	}
-	v, hdr, state, _ := h.read(ctx, field)
-	switch act := h.s.decide(h.m, h.st, hdr, state); act {
-	case serve:
-		return v, nil
-	case notFound:
-		var zero T
-		return zero, ErrNotFound
-	default:
-		return finish(ctx, h.m, act, v, hdr, h.m.spec(h.ref(field), &h.s, h.st), bind(load, field))
+	ref := h.ref(field)
+	lk := localKey(ref)
+	var e0 uint64
+	if h.m.local != nil {
+		if v, ok := localGet[T](h.m, h.st, lk); ok {
+			return v, nil
+		}
+		e0 = h.m.local.epoch.Load()
 	}
+	v, hdr, state, _ := h.read(ctx, field)
+	act := h.s.decide(h.m, h.st, hdr, state)
+	if !act.loads() {
+		return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, nil, nil)
+	}
+	return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, h.m.spec(ref, &h.s, h.st), bind(load, field))
 }
 
 // bind returns fn bound to field.

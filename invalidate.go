@@ -180,8 +180,20 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	if err == nil && len(p.prefixes) > 0 {
 		err = m.rescanPrefixes(ctx, &p)
 	}
-	// Detach even on error: some of the work may have been done.
+	// Detach and drop local copies even on error: some of the work may
+	// have been done.
 	m.detach(&p)
+	if m.local != nil {
+		keys := make([]string, 0, len(p.strings)+len(p.fields))
+		for _, r := range p.strings {
+			keys = append(keys, r.key)
+		}
+		for _, r := range p.fields {
+			keys = append(keys, localKey(r))
+		}
+		all := len(p.gens) > 0 || len(p.hashes) > 0 || len(p.prefixes) > 0
+		m.dropEverywhere(ctx, all, keys)
+	}
 	if err != nil {
 		m.kv.redisErrors.Add(1)
 		return fmt.Errorf("cache: invalidate: %w", err)

@@ -45,6 +45,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		return err
 	}
 	m.kv.sets.Add(1)
+	m.dropEverywhere(ctx, false, []string{ref.key})
 	return nil
 }
 
@@ -182,6 +183,13 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		return err
 	}
 	m.kv.sets.Add(uint64(len(writes)))
+	if m.local != nil {
+		keys := make([]string, len(writes))
+		for i, w := range writes {
+			keys[i] = w.ref.key
+		}
+		m.dropEverywhere(ctx, false, keys)
+	}
 	return nil
 }
 

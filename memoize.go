@@ -46,6 +46,13 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 		return zero, s.err
 	}
 	k := m.entryKey(key)
+	var e0 uint64
+	if m.local != nil {
+		if v, ok := localGet[T](m, m.kv, k); ok {
+			return v, nil
+		}
+		e0 = m.local.epoch.Load()
+	}
 	var v T
 	var h envelope.Header
 	state := stateMiss
@@ -56,14 +63,33 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 	case !errors.Is(err, redis.Nil):
 		m.kv.redisErrors.Add(1)
 	}
-	switch act := s.decide(m, m.kv, h, state); act {
+	act := s.decide(m, m.kv, h, state)
+	var sp *loadSpec
+	if act.loads() {
+		sp = m.spec(withLease(k), &s, m.kv)
+	}
+	return finishLocal(ctx, m, act, v, h, &s, e0, k, sp, load)
+}
+
+// finishLocal carries out a loaded read's action (see decide), keeping a
+// value read fresh or loaded in the local tier under key. sp is needed only
+// when act.loads().
+func finishLocal[T any](ctx context.Context, m *Manager, act readAction, v T, h envelope.Header, s *settings, e0 uint64, key string, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+	var zero T
+	switch act {
 	case serve:
+		if m.local != nil {
+			m.localPut(key, v, h.FreshUntil, e0)
+		}
 		return v, nil
 	case notFound:
 		return zero, ErrNotFound
-	default:
-		return finish(ctx, m, act, v, h, m.spec(withLease(k), &s, m.kv), load)
 	}
+	v, err := finish(ctx, m, act, v, h, sp, fn)
+	if err == nil && act == load && m.local != nil {
+		m.localPut(key, v, freshUntil(m.now(), s.shortest()), e0)
+	}
+	return v, err
 }
 
 // spec returns the loadSpec of ref under settings s.
@@ -172,6 +198,13 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 	if err != nil {
 		return zero, err
 	}
+	var e0 uint64
+	if mm.m.local != nil {
+		if v, ok := localGet[R](mm.m, mm.st, ref.key); ok {
+			return v, nil
+		}
+		e0 = mm.m.local.epoch.Load()
+	}
 	// The entry and its generation, in one command on one slot.
 	var v R
 	var h envelope.Header
@@ -190,18 +223,15 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 	} else {
 		mm.st.redisErrors.Add(1)
 	}
-	switch act := mm.s.decide(mm.m, mm.st, h, state); act {
-	case serve:
-		return v, nil
-	case notFound:
-		return zero, ErrNotFound
-	default:
-		sp, err := mm.spec(ref, args, false)
-		if err != nil {
-			return zero, err
-		}
-		return finish(ctx, mm.m, act, v, h, sp, mm.call(args))
+	act := mm.s.decide(mm.m, mm.st, h, state)
+	if !act.loads() {
+		return finishLocal(ctx, mm.m, act, v, h, &mm.s, e0, ref.key, nil, nil)
 	}
+	sp, err := mm.spec(ref, args, false)
+	if err != nil {
+		return zero, err
+	}
+	return finishLocal(ctx, mm.m, act, v, h, &mm.s, e0, ref.key, sp, mm.call(args))
 }
 
 // call returns mm's function bound to args.
@@ -244,7 +274,11 @@ func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 		var zero R
 		return zero, err
 	}
-	return mm.load(ctx, ref, args, true)
+	v, err := mm.load(ctx, ref, args, true)
+	if err == nil {
+		mm.m.dropEverywhere(ctx, false, []string{ref.key}) // other instances' copies are older
+	}
+	return v, err
 }
 
 // Forget removes args's entry and voids its loads in flight: once Forget

@@ -79,6 +79,9 @@ const (
 	missRefresh                    // return ErrMiss, load in the background
 )
 
+// loads reports whether the action needs the loader.
+func (a readAction) loads() bool { return a != serve && a != notFound }
+
 // decide counts a loaded read that found state (with header h) and says
 // what it does: hits are served (and maybe refreshed early), stale values
 // are served and refreshed when StaleFor allows, misses are loaded.

@@ -11,6 +11,7 @@ import (
 type Counters struct {
 	Hits         uint64 // reads answered from the cache with a fresh value
 	StaleHits    uint64 // reads answered with a stale value while it is refreshed
+	LocalHits    uint64 // reads answered by the in-process tier
 	Misses       uint64 // reads that found nothing usable
 	NegativeHits uint64 // reads answered with a remembered ErrNotFound
 	Loads        uint64 // loader calls
@@ -39,6 +40,8 @@ type Stats struct {
 	ByName map[string]Counters
 	// Invalidations counts Invalidate's work and the events emitted.
 	Invalidations InvalidationStats
+	// Local counts the in-process tier's work; zero without one.
+	Local LocalStats
 	// Breaker is the circuit breaker's state: "closed", "open", "half-open"
 	// or "off".
 	Breaker string
@@ -59,12 +62,13 @@ func (m *Manager) Stats() Stats {
 	s := m.stats.snapshot()
 	s.Invalidations = m.inv.snapshot()
 	s.Breaker = m.BreakerState()
+	s.Local = m.local.snapshot()
 	return s
 }
 
 // counters is the live form of Counters.
 type counters struct {
-	hits, staleHits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
+	hits, staleHits, localHits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
 	voidedStores, sets, deletes, decodeErrors, redisErrors, degraded,
 	refreshesStarted, refreshesSucceeded, refreshesFailed, refreshesDropped, earlyRefreshes atomic.Uint64
 }
@@ -73,6 +77,7 @@ func (c *counters) snapshot() Counters {
 	return Counters{
 		Hits:         c.hits.Load(),
 		StaleHits:    c.staleHits.Load(),
+		LocalHits:    c.localHits.Load(),
 		Misses:       c.misses.Load(),
 		NegativeHits: c.negativeHits.Load(),
 		Loads:        c.loads.Load(),
@@ -97,6 +102,7 @@ func (c *counters) snapshot() Counters {
 func (t *Counters) add(c Counters) {
 	t.Hits += c.Hits
 	t.StaleHits += c.StaleHits
+	t.LocalHits += c.LocalHits
 	t.Misses += c.Misses
 	t.NegativeHits += c.NegativeHits
 	t.Loads += c.Loads

@@ -55,6 +55,15 @@ func (s *settings) expiry() time.Duration {
 	return ttl
 }
 
+// shortest returns the shortest TTL s stores (jitter only shortens it); 0
+// for no expiry.
+func (s *settings) shortest() time.Duration {
+	if s.noExpiry {
+		return 0
+	}
+	return s.ttl - time.Duration(s.jitter*float64(s.ttl))
+}
+
 // keep returns how long Redis keeps an entry whose fresh TTL is ttl (0 for
 // no expiry): its TTL plus the StaleFor window.
 func (s *settings) keep(ttl time.Duration) time.Duration {
