@@ -94,6 +94,13 @@ type Options struct {
 	// as 200ms), and a command that times out counts as a failure.
 	Breaker BreakerOptions
 
+	// Observer is told of every event the Manager counts (hits, misses,
+	// loads with their duration, invalidations, breaker changes...), to feed
+	// metrics; see Observer.
+	//
+	// default: none
+	Observer Observer
+
 	// Logger receives the Manager's log lines: failures of work nobody waits
 	// for, such as a lease that could not be released.
 	//
@@ -230,11 +237,12 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		m.local = newLocalTier(lo, m.prefix+"{local}:invalidate")
 	}
 	if o.Breaker.Failures > 0 {
-		m.breaker = newBreaker(o.Breaker)
+		m.breaker = newBreaker(o.Breaker, o.Observer)
 		rdb.AddHook(breakerHook{cb: m.breaker, closed: &m.closed})
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.flights.m = make(map[string]*flight)
+	m.stats.obs = o.Observer
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")

@@ -106,7 +106,7 @@ func (m *Manager) lookup(st *counters, ref entryRef, b []byte, wantGen string, d
 		err = m.decodePayload(h, payload, dst)
 	}
 	if err != nil {
-		st.decodeErrors.Add(1)
+		st.add(EventDecodeError, 1)
 		m.log.Debug("cache: stored value does not decode", "err", &DecodeError{Key: ref.key, Field: ref.field, Err: err})
 		return h, stateMiss
 	}

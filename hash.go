@@ -85,7 +85,7 @@ func (h *Hash[T]) read(ctx context.Context, field string) (T, envelope.Header, r
 		if errors.Is(err, redis.Nil) {
 			return v, envelope.Header{}, stateMiss, nil
 		}
-		h.st.redisErrors.Add(1)
+		h.st.add(EventRedisError, 1)
 		return v, envelope.Header{}, stateMiss, err
 	}
 	hdr, state := h.m.lookup(h.st, entryRef{key: h.key, field: field}, bytesOf(s), "", &v)
@@ -126,7 +126,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		return nil
 	}
 	if err := h.m.tagEntry(ctx, h.s.tags, h.s.tagTTL(), refs...); err != nil {
-		h.st.redisErrors.Add(1)
+		h.st.add(EventRedisError, 1)
 		return err
 	}
 	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -136,10 +136,10 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		return nil
 	})
 	if err != nil {
-		h.st.redisErrors.Add(1)
+		h.st.add(EventRedisError, 1)
 		return err
 	}
-	h.st.sets.Add(uint64(len(items)))
+	h.st.add(EventSet, uint64(len(items)))
 	if h.m.local != nil {
 		keys := make([]string, len(refs))
 		for i, r := range refs {
@@ -170,7 +170,7 @@ func (h *Hash[T]) Delete(ctx context.Context, fields ...string) error {
 	if err := h.m.Invalidate(ctx, targets...); err != nil {
 		return err
 	}
-	h.st.deletes.Add(uint64(len(fields)))
+	h.st.add(EventDelete, uint64(len(fields)))
 	return nil
 }
 
@@ -180,7 +180,7 @@ func (h *Hash[T]) Clear(ctx context.Context) error {
 	if err := h.m.Invalidate(ctx, h.AllFields()); err != nil {
 		return err
 	}
-	h.st.deletes.Add(1)
+	h.st.add(EventDelete, 1)
 	return nil
 }
 
@@ -193,7 +193,7 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 	}
 	raw, err := h.m.rdb.HGetAll(ctx, h.key).Result()
 	if err != nil {
-		h.st.redisErrors.Add(1)
+		h.st.add(EventRedisError, 1)
 		return nil, err
 	}
 	out := make(map[string]T, len(raw))
@@ -208,7 +208,7 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 			err = h.m.decodePayload(hdr, payload, &v)
 		}
 		if err != nil {
-			h.st.decodeErrors.Add(1)
+			h.st.add(EventDecodeError, 1)
 			bad = append(bad, &DecodeError{Key: h.key, Field: f, Err: err})
 			continue
 		}
@@ -217,7 +217,7 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 		}
 		out[f] = v
 	}
-	h.st.hits.Add(uint64(len(out)))
+	h.st.add(EventHit, uint64(len(out)))
 	if len(bad) > 0 {
 		return out, bad
 	}

@@ -195,11 +195,20 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 		m.dropEverywhere(ctx, all, keys)
 	}
 	if err != nil {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return fmt.Errorf("cache: invalidate: %w", err)
 	}
+	var kinds [targetKinds]uint64
 	for _, t := range targets {
-		m.inv.byKind[t.kind].Add(1)
+		kinds[t.kind]++
+	}
+	for k, n := range kinds {
+		if n > 0 {
+			m.inv.byKind[k].Add(n)
+			if m.opts.Observer != nil {
+				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
+			}
+		}
 	}
 	m.inv.removed.Add(uint64(len(p.strings) + len(p.fields) + len(p.hashes)))
 	return nil
@@ -378,7 +387,7 @@ func (m *Manager) resolveTags(ctx context.Context, p *invalidation) error {
 		return nil
 	})
 	if err != nil && !isNoSuchKey(err) {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return fmt.Errorf("cache: invalidate tags: %w", err)
 	}
 	var taken []string
@@ -399,7 +408,7 @@ func (m *Manager) resolveTags(ctx context.Context, p *invalidation) error {
 			return nil
 		})
 		if err != nil {
-			m.kv.redisErrors.Add(1)
+			m.kv.add(EventRedisError, 1)
 			return fmt.Errorf("cache: invalidate tags: %w", err)
 		}
 		var more []string
@@ -451,7 +460,7 @@ func (m *Manager) resolvePrefixes(ctx context.Context, p *invalidation) error {
 			return iter.Err()
 		})
 		if err != nil {
-			m.kv.redisErrors.Add(1)
+			m.kv.add(EventRedisError, 1)
 			return fmt.Errorf("cache: invalidate prefix %q: %w", pre, err)
 		}
 	}

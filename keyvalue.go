@@ -32,7 +32,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	}
 	ref := m.keyRef(key)
 	if err := m.tagEntry(ctx, s.tags, s.tagTTL(), ref); err != nil {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return err
 	}
 	_, err = m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -41,10 +41,10 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		return nil
 	})
 	if err != nil {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return err
 	}
-	m.kv.sets.Add(1)
+	m.kv.add(EventSet, 1)
 	m.dropEverywhere(ctx, false, []string{ref.key})
 	return nil
 }
@@ -63,10 +63,10 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	s, err := m.rdb.Get(ctx, k).Result()
 	if err != nil {
 		if errors.Is(err, redis.Nil) {
-			m.kv.misses.Add(1)
+			m.kv.add(EventMiss, 1)
 			return ErrMiss
 		}
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return err
 	}
 	_, state := m.lookup(m.kv, entryRef{key: k}, bytesOf(s), "", dst)
@@ -77,13 +77,13 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 func (m *Manager) count(st *counters, state readState) error {
 	switch state {
 	case stateHit:
-		st.hits.Add(1)
+		st.add(EventHit, 1)
 		return nil
 	case stateNegative:
-		st.negativeHits.Add(1)
+		st.add(EventNegativeHit, 1)
 		return ErrNotFound
 	}
-	st.misses.Add(1)
+	st.add(EventMiss, 1)
 	return ErrMiss
 }
 
@@ -113,14 +113,14 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return nil, err
 	}
 	out := make(map[string]T, len(keys))
 	for i, cmd := range cmds {
 		s, err := cmd.Result()
 		if err != nil {
-			m.kv.misses.Add(1)
+			m.kv.add(EventMiss, 1)
 			continue
 		}
 		var v T
@@ -167,7 +167,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 			refs[i] = w.ref
 		}
 		if err := m.tagEntry(ctx, s.tags, s.tagTTL(), refs...); err != nil {
-			m.kv.redisErrors.Add(1)
+			m.kv.add(EventRedisError, 1)
 			return err
 		}
 	}
@@ -179,10 +179,10 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		return nil
 	})
 	if err != nil {
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 		return err
 	}
-	m.kv.sets.Add(uint64(len(writes)))
+	m.kv.add(EventSet, uint64(len(writes)))
 	if m.local != nil {
 		keys := make([]string, len(writes))
 		for i, w := range writes {
@@ -203,6 +203,6 @@ func (m *Manager) Delete(ctx context.Context, keys ...string) error {
 	if err := m.Invalidate(ctx, targets...); err != nil {
 		return err
 	}
-	m.kv.deletes.Add(uint64(len(keys)))
+	m.kv.add(EventDelete, uint64(len(keys)))
 	return nil
 }

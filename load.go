@@ -159,7 +159,7 @@ func loadEntry[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(con
 				m.flights.finish(fkey, f, zero, time.Time{}, ErrClosed)
 			}
 		} else {
-			sp.st.sharedWaits.Add(1)
+			sp.st.add(EventSharedWait, 1)
 		}
 		select {
 		case <-f.done:
@@ -230,8 +230,8 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		if ctx.Err() != nil {
 			return zero, time.Time{}, ctx.Err()
 		}
-		sp.st.redisErrors.Add(1)
-		sp.st.degraded.Add(1)
+		sp.st.add(EventRedisError, 1)
+		sp.st.add(EventDegraded, 1)
 		v, _, err := callLoader(ctx, sp.st, fn)
 		return v, time.Time{}, err
 	}
@@ -245,8 +245,8 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			}
 			// Redis is failing: the caller still gets the loader's value,
 			// which is not stored.
-			sp.st.redisErrors.Add(1)
-			sp.st.degraded.Add(1)
+			sp.st.add(EventRedisError, 1)
+			sp.st.add(EventDegraded, 1)
 			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
 			v, _, err := callLoader(ctx, sp.st, fn)
 			return v, time.Time{}, err
@@ -271,7 +271,7 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		if a.status == leaseBusy {
 			if !waited {
 				waited = true
-				sp.st.leaseWaits.Add(1)
+				sp.st.add(EventLeaseWait, 1)
 			}
 			if err := sleep(ctx, backoff); err != nil {
 				return zero, time.Time{}, err
@@ -286,11 +286,11 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		if !storedAt.IsZero() && len(sp.tags) > 0 && sp.tagTTL > 0 && time.Since(tagged) > m.opts.LeaseTTL {
 			// The load outlived the margin the tags were recorded with.
 			if err := m.tagEntry(ctx, sp.tags, sp.tagTTL, sp.ref); err != nil {
-				sp.st.redisErrors.Add(1)
+				sp.st.add(EventRedisError, 1)
 			}
 		}
 		if voided {
-			sp.st.voidedStores.Add(1)
+			sp.st.add(EventVoidedStore, 1)
 			return v, began, err
 		}
 		return v, storedAt, err
@@ -339,27 +339,27 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
-		sp.st.redisErrors.Add(1)
+		sp.st.add(EventRedisError, 1)
 		m.log.Warn("cache: storing a loaded value failed", "key", sp.ref.key, "field", sp.ref.field, "err", serr)
 		return v, time.Time{}, false, err
 	case n == 0:
 		return v, time.Time{}, true, err
 	}
-	sp.st.sets.Add(1)
+	sp.st.add(EventSet, 1)
 	return v, storeAt, false, err
 }
 
 // callLoader runs fn, turning a panic into a *PanicError, and counts it.
 func callLoader[T any](ctx context.Context, st *counters, fn func(context.Context) (T, error)) (v T, took time.Duration, err error) {
-	st.loads.Add(1)
 	start := time.Now()
 	defer func() {
 		took = time.Since(start)
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		st.load(took, err)
 		if err != nil && !errors.Is(err, ErrNotFound) {
-			st.loadErrors.Add(1)
+			st.add(EventLoadError, 1)
 		}
 	}()
 	v, err = fn(ctx)

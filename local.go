@@ -89,7 +89,7 @@ func localGet[T any](m *Manager, st *counters, key string) (T, bool) {
 	}
 	v, ok := e.val.(T)
 	if ok {
-		st.localHits.Add(1)
+		st.add(EventLocalHit, 1)
 	}
 	return v, ok
 }

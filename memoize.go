@@ -61,7 +61,7 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 	case err == nil:
 		h, state = m.lookup(m.kv, entryRef{key: k}, bytesOf(str), "", &v)
 	case !errors.Is(err, redis.Nil):
-		m.kv.redisErrors.Add(1)
+		m.kv.add(EventRedisError, 1)
 	}
 	act := s.decide(m, m.kv, h, state)
 	var sp *loadSpec
@@ -221,7 +221,7 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 			h, state = mm.m.lookup(mm.st, ref, bytesOf(s), gen, &v)
 		}
 	} else {
-		mm.st.redisErrors.Add(1)
+		mm.st.add(EventRedisError, 1)
 	}
 	act := mm.s.decide(mm.m, mm.st, h, state)
 	if !act.loads() {
@@ -288,7 +288,7 @@ func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
 	if err := mm.m.Invalidate(ctx, mm.Entry(args)); err != nil {
 		return err
 	}
-	mm.st.deletes.Add(1)
+	mm.st.add(EventDelete, 1)
 	return nil
 }
 
@@ -300,7 +300,7 @@ func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
 	if err := mm.m.Invalidate(ctx, mm.All()); err != nil {
 		return err
 	}
-	mm.st.deletes.Add(1)
+	mm.st.add(EventDelete, 1)
 	return nil
 }
 

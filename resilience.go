@@ -64,9 +64,14 @@ type breakerHook struct {
 	closed *atomic.Bool // the Manager's
 }
 
-func newBreaker(o BreakerOptions) *gobreaker.CircuitBreaker[struct{}] {
+func newBreaker(o BreakerOptions, obs Observer) *gobreaker.CircuitBreaker[struct{}] {
 	failures := uint32(o.Failures)
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if obs != nil {
+				obs.Observe(Event{Kind: EventBreakerState, Name: to.String(), N: 1})
+			}
+		},
 		Name:        "redis",
 		MaxRequests: uint32(o.Probes),
 		Timeout:     o.CoolDown,

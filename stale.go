@@ -88,22 +88,22 @@ func (a readAction) loads() bool { return a != serve && a != notFound }
 func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state readState) readAction {
 	switch state {
 	case stateHit:
-		st.hits.Add(1)
+		st.add(EventHit, 1)
 		if s.refreshEarly(m.now(), h) {
-			st.earlyRefreshes.Add(1)
+			st.add(EventEarlyRefresh, 1)
 			return serveRefresh
 		}
 		return serve
 	case stateNegative:
-		st.negativeHits.Add(1)
+		st.add(EventNegativeHit, 1)
 		return notFound
 	case stateStale:
 		if s.staleFor > 0 {
-			st.staleHits.Add(1)
+			st.add(EventStaleHit, 1)
 			return serveRefresh
 		}
 	}
-	st.misses.Add(1)
+	st.add(EventMiss, 1)
 	if s.noFetchOnMiss {
 		return missRefresh
 	}
@@ -172,7 +172,7 @@ func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (
 	case r.queue <- job:
 	default:
 		done()
-		sp.st.refreshesDropped.Add(1)
+		sp.st.add(EventRefreshDropped, 1)
 	}
 }
 
@@ -193,15 +193,15 @@ func (m *Manager) runRefreshes() {
 // none) or another process holds its lease (and so is loading it).
 func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), seen int64) {
 	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
-		sp.st.redisErrors.Add(1)
-		sp.st.refreshesFailed.Add(1)
+		sp.st.add(EventRedisError, 1)
+		sp.st.add(EventRefreshFailed, 1)
 		return
 	}
 	token := newToken()
 	a, err := m.acquire(ctx, sp.ref, token, true)
 	if err != nil {
-		sp.st.redisErrors.Add(1)
-		sp.st.refreshesFailed.Add(1)
+		sp.st.add(EventRedisError, 1)
+		sp.st.add(EventRefreshFailed, 1)
 		return
 	}
 	if a.status != leaseTaken {
@@ -214,12 +214,12 @@ func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(c
 			return
 		}
 	}
-	sp.st.refreshesStarted.Add(1)
+	sp.st.add(EventRefreshStarted, 1)
 	_, _, _, err = loadAndStore(ctx, m, sp, fn, token, a.gen)
 	if err != nil && err != ErrNotFound {
-		sp.st.refreshesFailed.Add(1)
+		sp.st.add(EventRefreshFailed, 1)
 		m.log.Debug("cache: background refresh failed; the stale value stays", "key", sp.ref.key, "field", sp.ref.field, "err", err)
 		return
 	}
-	sp.st.refreshesSucceeded.Add(1)
+	sp.st.add(EventRefreshSucceeded, 1)
 }

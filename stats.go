@@ -4,32 +4,120 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// Counters are the counts of one name (or, in Stats.Total, of all names)
-// since the Manager was built.
-type Counters struct {
-	Hits         uint64 // reads answered from the cache with a fresh value
-	StaleHits    uint64 // reads answered with a stale value while it is refreshed
-	LocalHits    uint64 // reads answered by the in-process tier
-	Misses       uint64 // reads that found nothing usable
-	NegativeHits uint64 // reads answered with a remembered ErrNotFound
-	Loads        uint64 // loader calls
-	LoadErrors   uint64 // loader calls that failed or panicked (ErrNotFound is not a failure)
-	SharedWaits  uint64 // callers that waited for a load another caller of this process started
-	LeaseWaits   uint64 // loads that waited for another process's lease instead of loading
-	VoidedStores uint64 // loaded values not stored because an invalidation voided their lease
-	Sets         uint64 // values written
-	Deletes      uint64 // entries deleted
-	DecodeErrors uint64 // stored values that did not decode (counted as misses too)
-	RedisErrors  uint64 // Redis calls that failed
-	Degraded     uint64 // loaded reads answered by the loader alone, Redis failing
+// EventKind names something a Manager counts (see Counters) and tells its
+// Observer.
+type EventKind uint8
 
-	RefreshesStarted   uint64 // background refreshes that took the lease and ran the loader
-	RefreshesSucceeded uint64 // ... that stored a new value
-	RefreshesFailed    uint64 // ... that failed (a stale value stays)
-	RefreshesDropped   uint64 // refreshes not queued because the queue was full
-	EarlyRefreshes     uint64 // refreshes scheduled early by EarlyRefresh
+// The event kinds. Each of the first ones is a field of Counters.
+const (
+	EventHit              EventKind = iota // a read answered from Redis with a fresh value
+	EventStaleHit                          // a read answered with a stale value while it is refreshed
+	EventLocalHit                          // a read answered by the local tier
+	EventMiss                              // a read that found nothing usable
+	EventNegativeHit                       // a read answered with a remembered ErrNotFound
+	EventLoad                              // a loader call (Event.Duration and Event.Err say how it went)
+	EventLoadError                         // a loader call that failed or panicked (ErrNotFound is not a failure)
+	EventSharedWait                        // a caller that waited for a load another caller of this process started
+	EventLeaseWait                         // a load that waited for another process's lease instead of loading
+	EventVoidedStore                       // a loaded value not stored because an invalidation voided its lease
+	EventSet                               // values written
+	EventDelete                            // entries deleted
+	EventDecodeError                       // a stored value that did not decode (a miss too)
+	EventRedisError                        // a Redis call that failed
+	EventDegraded                          // a loaded read answered by the loader alone, Redis failing
+	EventRefreshStarted                    // a background refresh that took the lease and ran the loader
+	EventRefreshSucceeded                  // a background refresh that stored a new value
+	EventRefreshFailed                     // a background refresh that failed (the stale value stays)
+	EventRefreshDropped                    // a refresh not queued because the queue was full
+	EventEarlyRefresh                      // a refresh scheduled early by EarlyRefresh
+	numCounted
+
+	// EventInvalidate is told once per kind of target an Invalidate call
+	// named: Event.Name is the kind ("key", "tag", ...), Event.N the count.
+	EventInvalidate = numCounted
+	// EventBreakerState is told when the circuit breaker changes state:
+	// Event.Name is the new state ("open", "half-open", "closed").
+	EventBreakerState = numCounted + 1
+)
+
+var eventNames = [...]string{
+	"hit", "stale_hit", "local_hit", "miss", "negative_hit", "load", "load_error", "shared_wait",
+	"lease_wait", "voided_store", "set", "delete", "decode_error", "redis_error", "degraded",
+	"refresh_started", "refresh_succeeded", "refresh_failed", "refresh_dropped", "early_refresh",
+	"invalidate", "breaker_state",
+}
+
+// String returns the kind's name in snake case, as metrics name things.
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return "unknown"
+}
+
+// An Event is what a Manager tells its Observer.
+type Event struct {
+	Kind EventKind
+	// Name is the counters' name ("keys", "hash:NAME", "memo:NAME"), or
+	// what the kind says for EventInvalidate and EventBreakerState.
+	Name     string
+	N        uint64        // how many (1 but for batch writes, deletes and invalidations)
+	Duration time.Duration // how long the loader took, for EventLoad
+	Err      error         // the loader's error, for EventLoad
+}
+
+// An Observer is told of every event a Manager counts, to feed metrics
+// (Prometheus, OpenTelemetry, expvar) without the library depending on any
+// of them. Observe is called on the caller's goroutine, on the hot path: it
+// must be fast, safe for concurrent use, and must not block or call the
+// Manager.
+type Observer interface {
+	Observe(Event)
+}
+
+// ObserverFunc adapts a function to an Observer.
+type ObserverFunc func(Event)
+
+// Observe calls f(e).
+func (f ObserverFunc) Observe(e Event) { f(e) }
+
+// Counters are the counts of one name (or, in Stats.Total, of all names)
+// since the Manager was built. Each field counts the event of the same
+// name (see EventKind).
+type Counters struct {
+	Hits               uint64 // EventHit
+	StaleHits          uint64 // EventStaleHit
+	LocalHits          uint64 // EventLocalHit
+	Misses             uint64 // EventMiss
+	NegativeHits       uint64 // EventNegativeHit
+	Loads              uint64 // EventLoad
+	LoadErrors         uint64 // EventLoadError
+	SharedWaits        uint64 // EventSharedWait
+	LeaseWaits         uint64 // EventLeaseWait
+	VoidedStores       uint64 // EventVoidedStore
+	Sets               uint64 // EventSet
+	Deletes            uint64 // EventDelete
+	DecodeErrors       uint64 // EventDecodeError
+	RedisErrors        uint64 // EventRedisError
+	Degraded           uint64 // EventDegraded
+	RefreshesStarted   uint64 // EventRefreshStarted
+	RefreshesSucceeded uint64 // EventRefreshSucceeded
+	RefreshesFailed    uint64 // EventRefreshFailed
+	RefreshesDropped   uint64 // EventRefreshDropped
+	EarlyRefreshes     uint64 // EventEarlyRefresh
+}
+
+// fields returns pointers to c's fields, in EventKind order.
+func (c *Counters) fields() [numCounted]*uint64 {
+	return [numCounted]*uint64{
+		&c.Hits, &c.StaleHits, &c.LocalHits, &c.Misses, &c.NegativeHits, &c.Loads, &c.LoadErrors,
+		&c.SharedWaits, &c.LeaseWaits, &c.VoidedStores, &c.Sets, &c.Deletes, &c.DecodeErrors,
+		&c.RedisErrors, &c.Degraded, &c.RefreshesStarted, &c.RefreshesSucceeded, &c.RefreshesFailed,
+		&c.RefreshesDropped, &c.EarlyRefreshes,
+	}
 }
 
 // Stats is a snapshot of a Manager's counters.
@@ -66,64 +154,49 @@ func (m *Manager) Stats() Stats {
 	return s
 }
 
-// counters is the live form of Counters.
+// counters is the live form of Counters, for one name.
 type counters struct {
-	hits, staleHits, localHits, misses, negativeHits, loads, loadErrors, sharedWaits, leaseWaits,
-	voidedStores, sets, deletes, decodeErrors, redisErrors, degraded,
-	refreshesStarted, refreshesSucceeded, refreshesFailed, refreshesDropped, earlyRefreshes atomic.Uint64
+	name string
+	obs  Observer // nil for none
+	n    [numCounted]atomic.Uint64
 }
 
-func (c *counters) snapshot() Counters {
-	return Counters{
-		Hits:         c.hits.Load(),
-		StaleHits:    c.staleHits.Load(),
-		LocalHits:    c.localHits.Load(),
-		Misses:       c.misses.Load(),
-		NegativeHits: c.negativeHits.Load(),
-		Loads:        c.loads.Load(),
-		LoadErrors:   c.loadErrors.Load(),
-		SharedWaits:  c.sharedWaits.Load(),
-		LeaseWaits:   c.leaseWaits.Load(),
-		VoidedStores: c.voidedStores.Load(),
-		Sets:         c.sets.Load(),
-		Deletes:      c.deletes.Load(),
-		DecodeErrors: c.decodeErrors.Load(),
-		RedisErrors:  c.redisErrors.Load(),
-		Degraded:     c.degraded.Load(),
-
-		RefreshesStarted:   c.refreshesStarted.Load(),
-		RefreshesSucceeded: c.refreshesSucceeded.Load(),
-		RefreshesFailed:    c.refreshesFailed.Load(),
-		RefreshesDropped:   c.refreshesDropped.Load(),
-		EarlyRefreshes:     c.earlyRefreshes.Load(),
+// add counts n events of kind k and tells the Observer.
+func (c *counters) add(k EventKind, n uint64) {
+	c.n[k].Add(n)
+	if c.obs != nil {
+		c.obs.Observe(Event{Kind: k, Name: c.name, N: n})
 	}
 }
 
+// load counts a loader call that took d and returned err.
+func (c *counters) load(d time.Duration, err error) {
+	c.n[EventLoad].Add(1)
+	if c.obs != nil {
+		c.obs.Observe(Event{Kind: EventLoad, Name: c.name, N: 1, Duration: d, Err: err})
+	}
+}
+
+func (c *counters) get(k EventKind) uint64 { return c.n[k].Load() }
+
+func (c *counters) snapshot() Counters {
+	var out Counters
+	for k, f := range out.fields() {
+		*f = c.n[k].Load()
+	}
+	return out
+}
+
 func (t *Counters) add(c Counters) {
-	t.Hits += c.Hits
-	t.StaleHits += c.StaleHits
-	t.LocalHits += c.LocalHits
-	t.Misses += c.Misses
-	t.NegativeHits += c.NegativeHits
-	t.Loads += c.Loads
-	t.LoadErrors += c.LoadErrors
-	t.SharedWaits += c.SharedWaits
-	t.LeaseWaits += c.LeaseWaits
-	t.VoidedStores += c.VoidedStores
-	t.Sets += c.Sets
-	t.Deletes += c.Deletes
-	t.DecodeErrors += c.DecodeErrors
-	t.RedisErrors += c.RedisErrors
-	t.Degraded += c.Degraded
-	t.RefreshesStarted += c.RefreshesStarted
-	t.RefreshesSucceeded += c.RefreshesSucceeded
-	t.RefreshesFailed += c.RefreshesFailed
-	t.RefreshesDropped += c.RefreshesDropped
-	t.EarlyRefreshes += c.EarlyRefreshes
+	tf, cf := t.fields(), c.fields()
+	for i := range tf {
+		*tf[i] += *cf[i]
+	}
 }
 
 // registry holds the counters of every name.
 type registry struct {
+	obs    Observer   // given to every counters
 	mu     sync.Mutex // protects byName
 	byName map[string]*counters
 }
@@ -138,7 +211,7 @@ func (r *registry) get(name string) *counters {
 	}
 	c, ok := r.byName[name]
 	if !ok {
-		c = new(counters)
+		c = &counters{name: name, obs: r.obs}
 		r.byName[name] = c
 	}
 	return c

@@ -103,7 +103,7 @@ func (m *Manager) pttl(ctx context.Context, st *counters, key string) (time.Dura
 	case errors.Is(err, redis.Nil):
 		return 0, ErrMiss
 	case err != nil:
-		st.redisErrors.Add(1)
+		st.add(EventRedisError, 1)
 		return 0, err
 	case d == -2*time.Nanosecond || d == -2*time.Millisecond:
 		return 0, ErrMiss
