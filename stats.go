@@ -177,8 +177,6 @@ func (c *counters) load(d time.Duration, err error) {
 	}
 }
 
-func (c *counters) get(k EventKind) uint64 { return c.n[k].Load() }
-
 func (c *counters) snapshot() Counters {
 	var out Counters
 	for k, f := range out.fields() {
