@@ -135,6 +135,7 @@ type Manager struct {
 	flights flightGroup
 	stats   registry
 	kv      *counters // stats of plain keys
+	locks   *counters // stats of every lock
 	inv     invStats
 	events  events
 	refresh refresher
@@ -246,6 +247,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")
+	m.locks = m.stats.get("locks")
 	if m.local != nil {
 		m.goBackground(m.subscribe)
 	}

@@ -130,6 +130,7 @@ func (l *Lock) Release(ctx context.Context) error {
 // lost returns the error of a call that found the lock no longer held with
 // l's token.
 func (l *Lock) lost() error {
+	l.m.locks.add(EventLockLost, 1)
 	return fmt.Errorf("%w: %q is no longer held with this token", ErrLockLost, l.name)
 }
 
@@ -364,6 +365,7 @@ func (l *Lock) keep(ctx context.Context, ttl time.Duration, expires time.Time) e
 		case <-t.C:
 		}
 		if failed != nil && !time.Now().Before(expires) {
+			l.m.locks.add(EventLockLost, 1)
 			return fmt.Errorf("%w: %q: the lease ran out while Redis failed: %w", ErrLockLost, l.name, failed)
 		}
 		sent := time.Now()
@@ -429,8 +431,10 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		}
 		if fence > 0 {
 			l.fence = fence
+			m.locks.add(EventLockObtained, 1)
 			return l, sent.Add(ttl), nil
 		}
+		m.locks.add(EventLockWait, 1)
 		wait := s.wait(n)
 		if wait < 0 || (s.maxAttempts > 0 && n >= s.maxAttempts) {
 			if n == 1 {

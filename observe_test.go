@@ -104,3 +104,21 @@ func TestEventKindNames(t *testing.T) {
 	var c Counters
 	assert.Len(t, c.fields(), int(numCounted))
 }
+
+func TestLockStats(t *testing.T) {
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		e := newEnv(t, b)
+		m := e.manager(nil)
+		ctx := t.Context()
+		l, err := m.TryLock(ctx, "order:1", time.Second)
+		require.NoError(t, err)
+		_, err = m.Lock(ctx, "order:1", time.Second, LinearRetry(time.Millisecond), MaxAttempts(3))
+		require.ErrorIs(t, err, ErrNotObtained)
+		e.advance(2 * time.Second)
+		require.ErrorIs(t, l.Release(ctx), ErrLockLost)
+		st := m.Stats().ByName["locks"]
+		assert.Equal(t, uint64(1), st.LocksObtained)
+		assert.Equal(t, uint64(3), st.LockWaits)
+		assert.Equal(t, uint64(1), st.LocksLost)
+	})
+}

@@ -33,6 +33,9 @@ const (
 	EventRefreshFailed                     // a background refresh that failed (the stale value stays)
 	EventRefreshDropped                    // a refresh not queued because the queue was full
 	EventEarlyRefresh                      // a refresh scheduled early by EarlyRefresh
+	EventLockObtained                      // a lock granted (counted under "locks")
+	EventLockWait                          // an attempt to take a lock that found it held
+	EventLockLost                          // a lock found expired or taken over by its holder
 	numCounted
 
 	// EventInvalidate is told once per kind of target an Invalidate call
@@ -47,7 +50,7 @@ var eventNames = [...]string{
 	"hit", "stale_hit", "local_hit", "miss", "negative_hit", "load", "load_error", "shared_wait",
 	"lease_wait", "voided_store", "set", "delete", "decode_error", "redis_error", "degraded",
 	"refresh_started", "refresh_succeeded", "refresh_failed", "refresh_dropped", "early_refresh",
-	"invalidate", "breaker_state",
+	"lock_obtained", "lock_wait", "lock_lost", "invalidate", "breaker_state",
 }
 
 // String returns the kind's name in snake case, as metrics name things.
@@ -108,6 +111,9 @@ type Counters struct {
 	RefreshesFailed    uint64 // EventRefreshFailed
 	RefreshesDropped   uint64 // EventRefreshDropped
 	EarlyRefreshes     uint64 // EventEarlyRefresh
+	LocksObtained      uint64 // EventLockObtained
+	LockWaits          uint64 // EventLockWait
+	LocksLost          uint64 // EventLockLost
 }
 
 // fields returns pointers to c's fields, in EventKind order.
@@ -116,7 +122,7 @@ func (c *Counters) fields() [numCounted]*uint64 {
 		&c.Hits, &c.StaleHits, &c.LocalHits, &c.Misses, &c.NegativeHits, &c.Loads, &c.LoadErrors,
 		&c.SharedWaits, &c.LeaseWaits, &c.VoidedStores, &c.Sets, &c.Deletes, &c.DecodeErrors,
 		&c.RedisErrors, &c.Degraded, &c.RefreshesStarted, &c.RefreshesSucceeded, &c.RefreshesFailed,
-		&c.RefreshesDropped, &c.EarlyRefreshes,
+		&c.RefreshesDropped, &c.EarlyRefreshes, &c.LocksObtained, &c.LockWaits, &c.LocksLost,
 	}
 }
 
@@ -124,7 +130,8 @@ func (c *Counters) fields() [numCounted]*uint64 {
 type Stats struct {
 	Total Counters
 	// ByName has a Counters per name: "keys" for plain keys, "hash:NAME"
-	// for each Hash, "memo:NAME" for each Memo.
+	// for each Hash, "memo:NAME" for each Memo, "locks" for every lock (one
+	// entry, as lock names are often one per order or user).
 	ByName map[string]Counters
 	// Invalidations counts Invalidate's work and the events emitted.
 	Invalidations InvalidationStats
