@@ -1,20 +1,35 @@
-// Command dashboard is a franchise sales dashboard cached with stockpot: a
-// summary under a plain key, per-outlet metrics in one Redis hash, and a
-// leaderboard memoized per region and limit, over a generated set of
-// invoices large enough that computing them really costs time.
+// Command dashboard is a franchise sales dashboard cached with stockpot,
+// over a generated month of invoices large enough that computing its
+// figures really costs time:
 //
-// With REDIS_ADDR unset it runs on an in-process miniredis.
+//   - the summary under a plain key (cache.GetOrLoad, 1 h);
+//   - per-outlet metrics in one Redis hash, a field per outlet (cache.NewHash);
+//   - trending items (5 min) and today's order count (30 s, where 0 is a value);
+//   - a leaderboard memoized per (region, limit), tagged by region (cache.Memoize);
+//   - invoice events that invalidate only what an invoice changed (m.OnEvent, m.Emit);
+//   - warming at start-up and daily (m.WarmAll, m.WarmEvery);
+//   - the Manager's events fed to expvar by an Observer, served at /debug/vars.
+//
+// It prints a scripted demo, then serves the dashboard over HTTP until
+// Ctrl-C. With -demo (or DASHBOARD_DEMO=1) it exits after the demo. With
+// REDIS_ADDR unset it runs on an in-process miniredis.
 package main
 
 import (
-	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"expvar"
+	"flag"
 	"fmt"
-	"log"
-	"math/rand/v2"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
-	"slices"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -23,159 +38,202 @@ import (
 	"github.com/stockpot-go/cache"
 )
 
-type invoice struct {
-	Outlet string
-	Region string
-	Item   string
-	Amount float64
-}
-
-// Summary is the dashboard's headline numbers.
-type Summary struct {
-	Invoices int     `json:"invoices"`
-	Revenue  float64 `json:"revenue"`
-}
-
-// OutletMetrics are one outlet's numbers.
-type OutletMetrics struct {
-	Orders  int     `json:"orders"`
-	Revenue float64 `json:"revenue"`
-}
-
-// LeaderboardQuery is the argument of the memoized leaderboard.
-type LeaderboardQuery struct {
-	Region string `json:"region"`
-	Limit  int    `json:"limit"`
-}
-
-// Row is one line of the leaderboard.
-type Row struct {
-	Outlet  string  `json:"outlet"`
-	Revenue float64 `json:"revenue"`
-}
-
-var (
-	regions = []string{"Mumbai", "Pune", "Delhi", "Bengaluru"}
-	items   = []string{"mango", "pista", "kulfi", "chikoo", "vanilla"}
-)
-
-func generate(n int) []invoice {
-	r := rand.New(rand.NewPCG(1, 2))
-	out := make([]invoice, n)
-	for i := range out {
-		region := regions[r.IntN(len(regions))]
-		out[i] = invoice{
-			Outlet: fmt.Sprintf("%s-%02d", region, r.IntN(12)),
-			Region: region,
-			Item:   items[r.IntN(len(items))],
-			Amount: float64(50+r.IntN(500)) + 0.5,
-		}
-	}
-	return out
+type config struct {
+	addr     string // where the HTTP server listens
+	demo     bool   // run the demo and exit
+	local    bool   // turn on the local tier
+	invoices int    // how many invoices to generate
 }
 
 func main() {
-	if err := run(); err != nil {
-		log.Fatal(err)
+	var cfg config
+	flag.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "`address` the HTTP server listens on")
+	flag.BoolVar(&cfg.demo, "demo", os.Getenv("DASHBOARD_DEMO") == "1", "run the scripted demo and exit (as DASHBOARD_DEMO=1)")
+	flag.BoolVar(&cfg.local, "local", false, "turn on the in-process local tier (Options.Local)")
+	flag.IntVar(&cfg.invoices, "invoices", 60_000, "how many invoices to generate")
+	flag.Parse()
+
+	// The Manager's events, served at /debug/vars as the variable "stockpot".
+	obs := newExpvarObserver()
+	expvar.Publish("stockpot", obs.root)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Stdout, cfg, obs)
+	interrupted := ctx.Err() != nil
+	stop()
+	switch {
+	case err != nil && interrupted:
+		fmt.Println("\ninterrupted")
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "dashboard:", err)
+		os.Exit(1)
 	}
 }
 
-func run() error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
+func run(ctx context.Context, out io.Writer, cfg config, obs *expvarObserver) error {
+	if cfg.invoices < 1 {
+		return fmt.Errorf("-invoices %d: want at least 1", cfg.invoices)
+	}
+	fmt.Fprintln(out, "stockpot dashboard: a franchise sales dashboard cached on Redis")
 
-	addr := os.Getenv("REDIS_ADDR")
-	if addr == "" {
-		mr, err := miniredis.Run()
-		if err != nil {
+	// Listen first, so that a busy port is told before anything else runs.
+	var ln net.Listener
+	if !cfg.demo {
+		var err error
+		if ln, err = listen(cfg.addr); err != nil {
 			return err
 		}
-		defer mr.Close()
-		addr = mr.Addr()
-		fmt.Println("REDIS_ADDR unset: using an embedded miniredis at", addr)
+		defer ln.Close()
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer rdb.Close()
 
-	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	rdb, where, closeRedis, err := connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+	fmt.Fprintf(out, "  redis       %s\n", where)
+
+	opts := &cache.Options{
+		Prefix:   "scoopjoy",
+		Observer: obs,
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	if cfg.local {
+		opts.Local = &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second}
+	}
+	m, err := cache.New(rdb, opts)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
 
-	invoices := generate(60000)
-
-	computeSummary := func(ctx context.Context) (Summary, error) {
-		var s Summary
-		for _, inv := range invoices {
-			s.Invoices++
-			s.Revenue += inv.Amount
-		}
-		return s, nil
+	start := time.Now()
+	store := Generate(cfg.invoices, startOfDay(time.Now()))
+	took := time.Since(start)
+	invoices, lines := store.Len()
+	fmt.Fprintf(out, "  data set    %s invoices (%s lines) of %d outlets in %d regions over %d days, generated in %s\n",
+		num(invoices), num(lines), len(regionOf), len(regions), historyDays, short(took))
+	if cfg.local {
+		fmt.Fprintln(out, "  local tier  on: loaded reads are kept in process for up to 10s (-local)")
 	}
-	computeOutlet := func(ctx context.Context, outlet string) (OutletMetrics, error) {
-		var om OutletMetrics
-		for _, inv := range invoices {
-			if inv.Outlet == outlet {
-				om.Orders++
-				om.Revenue += inv.Amount
-			}
-		}
-		if om.Orders == 0 {
-			return om, cache.ErrNotFound
-		}
-		return om, nil
-	}
-	computeLeaderboard := func(ctx context.Context, q LeaderboardQuery) ([]Row, error) {
-		byOutlet := map[string]float64{}
-		for _, inv := range invoices {
-			if inv.Region == q.Region {
-				byOutlet[inv.Outlet] += inv.Amount
-			}
-		}
-		rows := make([]Row, 0, len(byOutlet))
-		for o, rev := range byOutlet {
-			rows = append(rows, Row{o, rev})
-		}
-		slices.SortFunc(rows, func(a, b Row) int { return cmp.Compare(b.Revenue, a.Revenue) })
-		return rows[:min(q.Limit, len(rows))], nil
+	if ln != nil {
+		fmt.Fprintf(out, "  dashboard   http://%s/ (served once the demo below has run)\n", ln.Addr())
 	}
 
-	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(time.Hour))
-	leaderboard := cache.Memoize(m, "franchise_leaderboard", computeLeaderboard, cache.TTL(10*time.Minute))
-
-	for round := 1; round <= 2; round++ {
-		if ctx.Err() != nil {
-			return nil
-		}
-		fmt.Printf("\n-- round %d --\n", round)
-		start := time.Now()
-		s, err := cache.GetOrLoad(ctx, m, "dashboard_summary", computeSummary, cache.TTL(time.Hour))
-		if err != nil {
+	d, err := NewDashboard(m, store)
+	if err != nil {
+		return err
+	}
+	if os.Getenv("REDIS_ADDR") != "" {
+		// A clean start: an earlier run may have left entries computed
+		// from invoices this run does not have.
+		if err := m.Invalidate(ctx, cache.Key(keySummary), cache.Key(keyTrending), cache.Key(keyLive),
+			d.metrics.AllFields(), d.leaderboard.All()); err != nil {
 			return err
 		}
-		fmt.Printf("summary: %d invoices, revenue %.2f (%v)\n", s.Invoices, s.Revenue, time.Since(start).Round(time.Microsecond))
-
-		start = time.Now()
-		om, err := metrics.GetOrLoad(ctx, "Mumbai-03", computeOutlet)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("outlet Mumbai-03: %d orders, %.2f (%v)\n", om.Orders, om.Revenue, time.Since(start).Round(time.Microsecond))
-
-		start = time.Now()
-		rows, err := leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 3})
-		if err != nil {
-			return err
-		}
-		fmt.Printf("leaderboard Mumbai top 3: %v (%v)\n", rows, time.Since(start).Round(time.Microsecond))
+		fmt.Fprintln(out, "  clean start the dashboard's entries an earlier run may have left are invalidated")
 	}
 
-	fmt.Println("\n-- stats --")
-	st := m.Stats()
-	for _, name := range st.Names() {
-		c := st.ByName[name]
-		fmt.Printf("%-28s hits %d  misses %d  loads %d\n", name, c.Hits, c.Misses, c.Loads)
+	if err := runDemo(ctx, out, d, obs); err != nil {
+		return err
+	}
+	if cfg.demo {
+		return nil
+	}
+	return serve(ctx, out, ln, d, m)
+}
+
+// listen listens on addr, saying clearly when the port is taken.
+func listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("%s is already in use (another dashboard still running?): stop it, or choose another address, as in -addr 127.0.0.1:8081", addr)
+	}
+	return ln, err
+}
+
+// connect returns a client of the Redis at REDIS_ADDR, or of a miniredis
+// started in process when it is unset, and the function that closes both.
+func connect(ctx context.Context) (rdb *redis.Client, where string, closeAll func(), err error) {
+	addr := os.Getenv("REDIS_ADDR")
+	var mr *miniredis.Miniredis
+	if addr == "" {
+		if mr, err = miniredis.Run(); err != nil {
+			return nil, "", nil, err
+		}
+		addr = mr.Addr()
+		where = "embedded miniredis at " + addr + " (REDIS_ADDR=host:port for your own)"
+	} else {
+		where = addr + " (REDIS_ADDR)"
+	}
+	// Short timeouts: a cache that waits seconds for Redis is no cache.
+	rdb = redis.NewClient(&redis.Options{
+		Addr:         addr,
+		DialTimeout:  time.Second,
+		ReadTimeout:  200 * time.Millisecond,
+		WriteTimeout: 200 * time.Millisecond,
+	})
+	closeAll = func() {
+		_ = rdb.Close()
+		if mr != nil {
+			mr.Close()
+		}
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		closeAll()
+		return nil, "", nil, fmt.Errorf("cannot reach Redis at %s (REDIS_ADDR): %w; unset REDIS_ADDR for an embedded miniredis", addr, err)
+	}
+	return rdb, where, closeAll, nil
+}
+
+// serve serves the dashboard on ln until ctx ends, with the daily warming
+// running, then shuts down: the HTTP server first (letting requests in
+// flight finish), then the warming. The caller closes the rest.
+func serve(ctx context.Context, out io.Writer, ln net.Listener, d *Dashboard, m *cache.Manager) error {
+	token := os.Getenv("DASHBOARD_ADMIN_TOKEN")
+	shownToken := "$DASHBOARD_ADMIN_TOKEN"
+	if token == "" {
+		b := make([]byte, 16)
+		_, _ = rand.Read(b)
+		token = hex.EncodeToString(b)
+		shownToken = token
+	}
+
+	// Warm daily. One instance of a fleet warms a period, the first to
+	// claim it in Redis: this one, now, unless another has warmed today.
+	stopWarming := m.WarmEvery(24 * time.Hour)
+	defer stopWarming()
+
+	s := &server{d: d, m: m, token: token, log: out}
+	srv := &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	base := "http://" + ln.Addr().String()
+	fmt.Fprintf(out, "\n-- serving on %s until Ctrl-C; warming daily with m.WarmEvery(24h) --\n", base)
+	fmt.Fprintf(out, "  dashboard   %s/\n", base)
+	fmt.Fprintf(out, "  api         curl -s '%s/api/dashboard?region=Pune&limit=5'\n", base)
+	fmt.Fprintf(out, "  submit      curl -s -X POST -d '{\"outlet\":\"Delhi-07\",\"item\":\"Sitaphal\",\"amount\":150}' %s/api/invoices\n", base)
+	fmt.Fprintf(out, "  cancel      curl -s -X POST %s/api/invoices/ID/cancel\n", base)
+	fmt.Fprintf(out, "  admin       curl -s -H 'Authorization: Bearer %s' %s/admin/stats\n", shownToken, base)
+	fmt.Fprintf(out, "  metrics     %s/debug/vars (expvar \"stockpot\", fed by Options.Observer)\n", base)
+
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	fmt.Fprintln(out, "\nshutting down: the HTTP server, the daily warming, the Manager, Redis")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("HTTP server shutdown: %w", err)
 	}
 	return nil
 }
