@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stockpot-go/cache/internal/envelope"
+	"github.com/stockpot-go/cache/internal/scripts"
 )
 
 // Hash is a cache of T values kept as the fields of one Redis hash, such as
@@ -22,6 +23,7 @@ type Hash[T any] struct {
 	name string
 	key  string // the Redis hash
 	gen  string // its generation, moved by Clear
+	ver  string // its field version, moved by every field invalidation
 	s    settings
 	st   *counters
 	err  error // an invalid name or option, returned by every call
@@ -38,6 +40,7 @@ func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
 	}
 	h.key = m.hashBase(name)
 	h.gen = h.key + ":g"
+	h.ver = h.key + ":v"
 	h.st = m.stats.get("hash:" + name)
 	return h
 }
@@ -186,7 +189,7 @@ func (h *Hash[T]) Clear(ctx context.Context) error {
 
 // All returns every fresh field of the hash, decoded, in one HGETALL.
 // Fields that do not decode are left out of the map, counted, and reported
-// in the error, a *FieldErrors; the map holds the others all the same.
+// in the error, a FieldErrors; the map holds the others all the same.
 func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 	if err := h.check(ctx); err != nil {
 		return nil, err
@@ -228,6 +231,9 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 type FieldErrors []*DecodeError
 
 func (e FieldErrors) Error() string {
+	if len(e) == 1 {
+		return fmt.Sprintf("cache: 1 field did not decode: %v", e[0])
+	}
 	return fmt.Sprintf("cache: %d fields did not decode (first: %v)", len(e), e[0])
 }
 
@@ -271,6 +277,97 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 		return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, nil, nil)
 	}
 	return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, h.m.spec(ref, &h.s, h.st), bind(load, field))
+}
+
+// Refresh loads field anew with load and stores it over the old value,
+// which readers keep getting until then: there is no moment at which they
+// miss. Concurrent refreshes of one field share one load, and an
+// invalidation of the field while it runs voids the store, as for
+// GetOrLoad.
+func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
+	var zero T
+	if err := h.check(ctx, field); err != nil {
+		return zero, err
+	}
+	if load == nil {
+		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	sp := h.m.spec(h.ref(field), &h.s, h.st)
+	sp.force = true
+	v, err := loadEntry(ctx, h.m, sp, bind(load, field))
+	if err == nil {
+		h.m.dropEverywhere(ctx, false, []string{localKey(sp.ref)})
+	}
+	return v, err
+}
+
+// storeLoaded writes items, loaded after the hash's generation was gen and
+// its field version ver, unless an invalidation of the hash or of any of
+// its fields came since; it reports whether it wrote.
+func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver string) (bool, error) {
+	ttl := h.s.expiry()
+	now := h.m.now()
+	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl), Gen: parseGen(gen)}
+	keys := make([]string, 3, 3+len(items))
+	keys[0], keys[1], keys[2] = h.key, h.gen, h.ver
+	args := make([]any, 3, 3+2*len(items))
+	args[0], args[1], args[2] = gen, ver, h.s.keep(ttl).Milliseconds()
+	refs := make([]entryRef, 0, len(items))
+	for f, v := range items {
+		if f == "" {
+			return false, fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
+		}
+		b, err := h.m.encode(v, hdr)
+		if err != nil {
+			return false, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+		}
+		ref := h.ref(f)
+		refs = append(refs, ref)
+		keys = append(keys, ref.lease)
+		args = append(args, f, b)
+	}
+	if len(items) == 0 {
+		return true, nil
+	}
+	if err := h.m.tagEntry(ctx, h.s.tags, h.s.tagTTL(), refs...); err != nil {
+		h.st.add(EventRedisError, 1)
+		return false, err
+	}
+	n, err := scripts.StoreFields.Run(ctx, h.m.rdb, keys, args...).Int()
+	if err != nil {
+		h.st.add(EventRedisError, 1)
+		return false, err
+	}
+	if n == 0 {
+		h.st.add(EventVoidedStore, 1)
+		return false, nil
+	}
+	h.st.add(EventSet, uint64(len(items)))
+	if h.m.local != nil {
+		lk := make([]string, len(refs))
+		for i, r := range refs {
+			lk[i] = localKey(r)
+		}
+		h.m.dropEverywhere(ctx, false, lk)
+	}
+	return true, nil
+}
+
+// versions returns the hash's generation and field version ("0" when unset).
+func (h *Hash[T]) versions(ctx context.Context) (gen, ver string, err error) {
+	vals, err := h.m.rdb.MGet(ctx, h.gen, h.ver).Result() // one slot
+	if err != nil {
+		h.st.add(EventRedisError, 1)
+		return "", "", err
+	}
+	gen, ver = "0", "0"
+	if s, ok := vals[0].(string); ok {
+		gen = s
+	}
+	if s, ok := vals[1].(string); ok {
+		ver = s
+	}
+	return gen, ver, nil
 }
 
 // bind returns fn bound to field.

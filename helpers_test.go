@@ -78,6 +78,10 @@ func newMini(t testing.TB) *miniredis.Miniredis {
 	return mr
 }
 
+// lastOwn is the stack of the last goroutine ownGoroutines counted, for
+// failure messages.
+var lastOwn string
+
 // ownGoroutines counts the goroutines running the package's own code, not
 // its tests' nor the Redis client's.
 func ownGoroutines() int {
@@ -87,6 +91,7 @@ func ownGoroutines() int {
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "stockpot-go/cache.") && !strings.Contains(g, "_test.go") {
 			n++
+			lastOwn = g
 		}
 	}
 	return n

@@ -162,7 +162,12 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 		for _, r := range p.strings {
 			pipe.Del(ctx, r.lease, r.key)
 		}
+		moved := make(map[string]bool)
 		for _, r := range p.fields {
+			if !moved[r.key] {
+				moved[r.key] = true
+				pipe.Incr(ctx, r.key+":v") // voids a warm of the hash loading meanwhile
+			}
 			pipe.Del(ctx, r.lease)
 			pipe.HDel(ctx, r.key, r.field)
 		}

@@ -12,6 +12,7 @@ import "strings"
 //	prefix:{h:name}           a hash
 //	prefix:{h:name}:l:field   a field's load lease
 //	prefix:{h:name}:g         the hash's generation
+//	prefix:{h:name}:v         its field version, moved by field invalidations
 //	prefix:{m:name}:e:arg     a memoized result
 //	prefix:{m:name}:l:arg     its load lease
 //	prefix:{m:name}:g         the memo's generation

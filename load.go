@@ -351,13 +351,14 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 
 // callLoader runs fn, turning a panic into a *PanicError, and counts it.
 func callLoader[T any](ctx context.Context, st *counters, fn func(context.Context) (T, error)) (v T, took time.Duration, err error) {
+	st.loading()
 	start := time.Now()
 	defer func() {
 		took = time.Since(start)
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
-		st.load(took, err)
+		st.loaded(took, err)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			st.add(EventLoadError, 1)
 		}

@@ -100,6 +100,36 @@ func (m *Manager) spec(ref entryRef, s *settings, st *counters) *loadSpec {
 	}
 }
 
+// Refresh loads key anew with load and stores it over the old value, which
+// readers keep getting until then: there is no moment at which they miss.
+// Concurrent refreshes of key share one load, and an invalidation of key
+// while it runs voids the store, as for GetOrLoad. Use it, rather than Set,
+// to warm a key from its source.
+func Refresh[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
+	var zero T
+	if err := m.check(ctx); err != nil {
+		return zero, err
+	}
+	if key == "" {
+		return zero, fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if load == nil {
+		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	s := m.settle(opts)
+	if s.err != nil {
+		return zero, s.err
+	}
+	k := m.entryKey(key)
+	sp := m.spec(withLease(k), &s, m.kv)
+	sp.force = true
+	v, err := loadEntry(ctx, m, sp, load)
+	if err == nil {
+		m.dropEverywhere(ctx, false, []string{k})
+	}
+	return v, err
+}
+
 // Memo is a memoized function: its results are cached per argument. Make
 // one with Memoize.
 type Memo[A, R any] struct {

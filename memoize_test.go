@@ -467,7 +467,11 @@ func TestRefreshHasNoGap(t *testing.T) {
 		var gated atomic.Bool
 		mm := Memoize(m, "summary", func(ctx context.Context, _ struct{}) (int64, error) {
 			if gated.Load() {
-				<-gate
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
 			}
 			return version.Load(), nil
 		})

@@ -230,7 +230,7 @@ func TestStaleRefreshOncePerFleet(t *testing.T) {
 
 func TestCloseEndsRefreshes(t *testing.T) {
 	e := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: newMini(t)})
-	require.Zero(t, ownGoroutines())
+	before := ownGoroutines() // others' goroutines may still be ending
 	m := e.manager(&Options{RefreshWorkers: 3})
 	ctx := t.Context()
 	src := newGatedSource()
@@ -246,10 +246,10 @@ func TestCloseEndsRefreshes(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.Eventually(t, func() bool { return src.calls.Load() == 4 }, 5*time.Second, time.Millisecond)
-	require.Positive(t, ownGoroutines())
+	require.Greater(t, ownGoroutines(), before)
 	require.NoError(t, m.Close()) // cancels the held refreshes and waits for them
 	assert.Equal(t, uint64(2), m.Stats().ByName["memo:tweets"].RefreshesFailed, "in-flight refreshes saw their context cancelled")
-	assert.Zero(t, ownGoroutines(), "every goroutine the Manager started ended before Close returned")
+	assert.LessOrEqual(t, ownGoroutines(), before, "every goroutine the Manager started ended before Close returned; one is:\n%s", lastOwn)
 	_, err := tweets.Get(ctx, "a")
 	assert.ErrorIs(t, err, ErrClosed)
 }

@@ -53,6 +53,16 @@ var eventNames = [...]string{
 	"lock_obtained", "lock_wait", "lock_lost", "invalidate", "breaker_state",
 }
 
+// EventKinds returns every EventKind, for an Observer that registers a
+// metric per kind.
+func EventKinds() []EventKind {
+	kinds := make([]EventKind, len(eventNames))
+	for i := range kinds {
+		kinds[i] = EventKind(i)
+	}
+	return kinds
+}
+
 // String returns the kind's name in snake case, as metrics name things.
 func (k EventKind) String() string {
 	if int(k) < len(eventNames) {
@@ -176,9 +186,12 @@ func (c *counters) add(k EventKind, n uint64) {
 	}
 }
 
-// load counts a loader call that took d and returned err.
-func (c *counters) load(d time.Duration, err error) {
-	c.n[EventLoad].Add(1)
+// loading counts a loader call as it starts, so the count shows loads in
+// progress; loaded tells the Observer how it went.
+func (c *counters) loading() { c.n[EventLoad].Add(1) }
+
+// loaded tells the Observer of a loader call that took d and returned err.
+func (c *counters) loaded(d time.Duration, err error) {
 	if c.obs != nil {
 		c.obs.Observe(Event{Kind: EventLoad, Name: c.name, N: 1, Duration: d, Err: err})
 	}

@@ -191,16 +191,33 @@ func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error))
 		return fmt.Errorf("%w: nil loader for hash %q", ErrInvalidOption, h.name)
 	}
 	return h.m.Warm("hash:"+h.name, func(ctx context.Context) (int, error) {
-		items, err := load(ctx)
-		if err != nil {
-			return 0, err
+		// The store is conditional: an invalidation of the hash or of a
+		// field while load runs voids it, and the job loads again.
+		for attempt := 1; ; attempt++ {
+			gen, ver, err := h.versions(ctx)
+			if err != nil {
+				return 0, err
+			}
+			items, err := load(ctx)
+			if err != nil {
+				return 0, err
+			}
+			stored, err := h.storeLoaded(ctx, items, gen, ver)
+			switch {
+			case err != nil:
+				return 0, err
+			case stored:
+				return len(items), nil
+			case attempt == maxWarmAttempts:
+				return 0, fmt.Errorf("cache: hash %q: invalidated during each of %d loads; nothing stored", h.name, attempt)
+			}
 		}
-		if err := h.SetMany(ctx, items); err != nil {
-			return 0, err
-		}
-		return len(items), nil
 	})
 }
+
+// maxWarmAttempts bounds how often a hash's warming job loads again after
+// invalidations void its store.
+const maxWarmAttempts = 3
 
 // WarmAll runs every registered warming job, WarmConcurrency at a time, and
 // returns a report with a line per job. A job that fails or panics does not
@@ -300,6 +317,10 @@ func (m *Manager) LastWarm() (WarmReport, bool) {
 // claim lives for interval and a minute more, so the fleet's clocks must
 // agree within a minute.
 //
+// When this Manager ran WarmAll less than interval ago (a warm at
+// start-up), the schedule begins with the next period instead of warming
+// again at once.
+//
 // A warm that fails is logged (Options.Logger) and the schedule goes on;
 // LastWarm returns its report. The period stays claimed: the next warm is
 // the next period's. A claim that fails because Redis does is tried again
@@ -336,6 +357,10 @@ type warmSchedule struct {
 }
 
 func (s *warmSchedule) run(ctx context.Context) {
+	if r, ok := s.m.LastWarm(); ok && s.m.now().Sub(r.Started) < s.every {
+		// Just warmed (a WarmAll at start-up): begin with the next period.
+		s.last = s.m.now().UnixMilli() / s.every.Milliseconds()
+	}
 	t := time.NewTicker(s.every)
 	defer t.Stop()
 	for {

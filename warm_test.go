@@ -573,3 +573,83 @@ func TestWarmJobString(t *testing.T) {
 		assert.Equal(t, c.want, c.job.String())
 	}
 }
+
+// TestHashWarmNoStaleSet invalidates a field while a hash's warming job
+// loads: the job's store is voided and it loads again, so the value read
+// before the invalidation is never stored.
+func TestHashWarmNoStaleSet(t *testing.T) {
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		m := newEnv(t, b).manager(nil)
+		ctx := t.Context()
+		h := NewHash[int](m, "metrics")
+		var version atomic.Int64
+		loads := 0
+		invalidate := make(chan struct{})
+		done := make(chan struct{})
+		require.NoError(t, h.WarmWith(func(ctx context.Context) (map[string]int, error) {
+			loads++
+			v := int(version.Load())
+			if loads == 1 {
+				close(invalidate) // the application changes the source and invalidates now
+				<-done
+			}
+			return map[string]int{"Pune-03": v, "Pune-04": v}, nil
+		}))
+		go func() {
+			<-invalidate
+			version.Store(2)
+			assert.NoError(t, m.Invalidate(ctx, h.Field("Pune-03")))
+			close(done)
+		}()
+		r, err := m.WarmAll(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, 2, loads, "the voided store made the job load again")
+		assert.Equal(t, 2, r.Jobs[0].Entries)
+		v, err := h.Get(ctx, "Pune-03")
+		require.NoError(t, err)
+		assert.Equal(t, 2, v, "the value loaded before the invalidation was not stored")
+		assert.Equal(t, uint64(1), m.Stats().ByName["hash:metrics"].VoidedStores)
+
+		// A warm that keeps being invalidated gives up with an error, storing nothing.
+		h2 := NewHash[int](m, "busy")
+		require.NoError(t, h2.WarmWith(func(ctx context.Context) (map[string]int, error) {
+			require.NoError(t, m.Invalidate(ctx, h2.Field("x")))
+			return map[string]int{"x": 1}, nil
+		}))
+		_, err = m.WarmAll(ctx)
+		require.Error(t, err)
+		_, err = h2.Get(ctx, "x")
+		assert.ErrorIs(t, err, ErrMiss)
+	})
+}
+
+func TestRefreshKeyAndField(t *testing.T) {
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		m := newEnv(t, b).manager(nil)
+		ctx := t.Context()
+		v, err := Refresh(ctx, m, "summary", func(context.Context) (int, error) { return 1, nil })
+		require.NoError(t, err)
+		assert.Equal(t, 1, v)
+		v, err = Refresh(ctx, m, "summary", func(context.Context) (int, error) { return 2, nil })
+		require.NoError(t, err)
+		assert.Equal(t, 2, v)
+		got, err := Get[int](ctx, m, "summary")
+		require.NoError(t, err)
+		assert.Equal(t, 2, got, "Refresh overwrites")
+
+		h := NewHash[string](m, "h")
+		s, err := h.Refresh(ctx, "f", func(context.Context, string) (string, error) { return "new", nil })
+		require.NoError(t, err)
+		assert.Equal(t, "new", s)
+		s, err = h.Get(ctx, "f")
+		require.NoError(t, err)
+		assert.Equal(t, "new", s)
+
+		_, err = Refresh[int](ctx, m, "", nil)
+		assert.ErrorIs(t, err, ErrInvalidKey)
+		_, err = Refresh[int](ctx, m, "k", nil)
+		assert.ErrorIs(t, err, ErrInvalidOption)
+		_, err = h.Refresh(ctx, "", nil)
+		assert.ErrorIs(t, err, ErrInvalidKey)
+	})
+}

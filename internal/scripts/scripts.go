@@ -19,13 +19,16 @@ var (
 	releaseSrc string
 	//go:embed tag_add.lua
 	tagAddSrc string
+	//go:embed store_fields.lua
+	storeFieldsSrc string
 )
 
 // The scripts, by file name.
 var (
-	Acquire = redis.NewScript(acquireSrc)
-	Store   = redis.NewScript(storeSrc)
-	Renew   = redis.NewScript(renewSrc)
-	Release = redis.NewScript(releaseSrc)
-	TagAdd  = redis.NewScript(tagAddSrc)
+	Acquire     = redis.NewScript(acquireSrc)
+	Store       = redis.NewScript(storeSrc)
+	Renew       = redis.NewScript(renewSrc)
+	Release     = redis.NewScript(releaseSrc)
+	TagAdd      = redis.NewScript(tagAddSrc)
+	StoreFields = redis.NewScript(storeFieldsSrc)
 )
