@@ -108,6 +108,11 @@ func (g *flightGroup) detachPrefix(prefix string) {
 	}
 }
 
+// maxLeasePoll is the longest wait between two polls of a flight waiting
+// for another process's load: short, since only one flight per process and
+// key polls, and every millisecond of it is added to the waiters' latency.
+const maxLeasePoll = 16 * time.Millisecond
+
 // forcedPrefix marks the flights of forced loads (Refresh), which do not
 // share a flight with ordinary misses: a refresh must not return a load that
 // began before it was asked for.
@@ -223,7 +228,7 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 	start := m.now().UnixMilli()
 	take := sp.force
 	waited := false
-	backoff := 2 * time.Millisecond
+	backoff := time.Millisecond
 	// Tags are recorded before the lease is taken: an invalidation of a tag
 	// that does not see this record ran before the load began.
 	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
@@ -276,7 +281,7 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			if err := sleep(ctx, backoff); err != nil {
 				return zero, time.Time{}, err
 			}
-			backoff = min(backoff*2, 64*time.Millisecond)
+			backoff = min(backoff*2, maxLeasePoll)
 			continue
 		}
 
