@@ -32,20 +32,10 @@ import (
 // loader's value.
 func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
 	var zero T
-	if err := m.check(ctx); err != nil {
+	s, k, err := m.loadedCall(ctx, key, load != nil, opts)
+	if err != nil {
 		return zero, err
 	}
-	if key == "" {
-		return zero, fmt.Errorf("%w: empty key", ErrInvalidKey)
-	}
-	if load == nil {
-		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
-	}
-	s := m.settle(opts)
-	if s.err != nil {
-		return zero, s.err
-	}
-	k := m.entryKey(key)
 	var e0 uint64
 	if m.local != nil {
 		if v, ok := localGet[T](m, m.kv, k); ok {
@@ -92,6 +82,22 @@ func finishLocal[T any](ctx context.Context, m *Manager, act readAction, v T, h 
 	return v, err
 }
 
+// loadedCall checks the arguments of a loaded call (GetOrLoad, Refresh) on
+// key, and returns its settings and the key's entry key.
+func (m *Manager) loadedCall(ctx context.Context, key string, hasLoader bool, opts []Option) (settings, string, error) {
+	if err := m.check(ctx); err != nil {
+		return settings{}, "", err
+	}
+	if key == "" {
+		return settings{}, "", fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if !hasLoader {
+		return settings{}, "", fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	s := m.settle(opts)
+	return s, m.entryKey(key), s.err
+}
+
 // spec returns the loadSpec of ref under settings s.
 func (m *Manager) spec(ref entryRef, s *settings, st *counters) *loadSpec {
 	return &loadSpec{
@@ -107,20 +113,10 @@ func (m *Manager) spec(ref entryRef, s *settings, st *counters) *loadSpec {
 // to warm a key from its source.
 func Refresh[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
 	var zero T
-	if err := m.check(ctx); err != nil {
+	s, k, err := m.loadedCall(ctx, key, load != nil, opts)
+	if err != nil {
 		return zero, err
 	}
-	if key == "" {
-		return zero, fmt.Errorf("%w: empty key", ErrInvalidKey)
-	}
-	if load == nil {
-		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
-	}
-	s := m.settle(opts)
-	if s.err != nil {
-		return zero, s.err
-	}
-	k := m.entryKey(key)
 	sp := m.spec(withLease(k), &s, m.kv)
 	sp.force = true
 	v, err := loadEntry(ctx, m, sp, load)
