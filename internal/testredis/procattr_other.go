@@ -10,3 +10,9 @@ import "syscall"
 func sysProcAttr() *syscall.SysProcAttr {
 	return nil
 }
+
+// processGone reports false: elsewhere the harness does not look for
+// processes, so it never removes another run's directory.
+func processGone(pid int) bool {
+	return false
+}

@@ -1,14 +1,15 @@
 // Package testredis is the test harness shared by the repository's tests.
 //
-// It gives a test either an in-process miniredis ([Mini]) or a real
-// redis-server process on a free loopback port ([Start]) that the test can kill
-// and restart to inject faults. [Run] runs one behaviour test against both, and
-// [Backend.FastForward] moves TTLs forward on either, so tests never sleep for
-// expiry.
+// It gives a test an in-process miniredis ([Mini]), a real redis-server
+// process on a free loopback port ([Start]) that the test can kill and
+// restart to inject faults, or a real Redis Cluster of three masters
+// ([StartCluster]) whose slots the test can move between masters. [Run]
+// runs one behaviour test against all three, and [Backend.FastForward] moves
+// TTLs forward on any of them, so tests never sleep for expiry.
 //
-// Tests that need a real server skip with a loud message when redis-server is
-// not on PATH, unless the environment sets STOCKPOT_REQUIRE_REDIS=1, in which
-// case the missing binary is a failure.
+// Tests that need a real server skip with a loud message when redis-server
+// (or, for a cluster, redis-cli) is not on PATH, unless the environment sets
+// STOCKPOT_REQUIRE_REDIS=1, in which case the missing binary is a failure.
 package testredis
 
 import (
@@ -60,11 +61,13 @@ func Mini(t testing.TB) (*miniredis.Miniredis, *redis.Client) {
 // without persistence in a temporary directory. Its methods are safe for
 // concurrent use.
 type Server struct {
-	t    testing.TB
-	bin  string
-	dir  string
-	log  string // path of the file that collects the server's stdout and stderr
-	port int
+	t     testing.TB // the test given to Start; nil for a cluster's nodes
+	bin   string
+	dir   string
+	log   string // path of the file that collects the server's stdout and stderr
+	port  int
+	extra func(port int) ([]string, error) // see newServer
+	args  []string                         // extra's arguments for port
 
 	mu   sync.Mutex    // protects cmd and done
 	cmd  *exec.Cmd     // nil when no process is running
@@ -77,7 +80,38 @@ func Binary() (string, error) {
 	return exec.LookPath("redis-server")
 }
 
-var loudOnce sync.Once
+// loud holds the skip messages already printed to stderr, so that each is
+// printed once per test binary.
+var loud sync.Map
+
+// lookPath returns the path of the binary name on PATH. If there is none, it
+// calls missing, telling to install the Debian package pkg. what names the
+// tests that need the binary.
+func lookPath(t testing.TB, name, pkg, what string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, fmt.Sprintf("%s not found (%v)", name, err), what,
+			fmt.Sprintf("install %s (apt-get install %s) or put it on PATH", name, pkg))
+	}
+	return bin
+}
+
+// missing skips t with a loud message, because something the tests named
+// what need is missing (problem) and remedy would fix it; the message goes to
+// stderr too, once per test binary, so the skip is seen without -v. When
+// STOCKPOT_REQUIRE_REDIS=1, missing fails t instead.
+func missing(t testing.TB, problem, what, remedy string) {
+	t.Helper()
+	if required() {
+		t.Fatalf("%s=1 but %s: %s", RequireEnv, problem, remedy)
+	}
+	msg := fmt.Sprintf("%s: %s SKIPPED; %s; set %s=1 to make this a failure", problem, what, remedy, RequireEnv)
+	if _, printed := loud.LoadOrStore(msg, true); !printed {
+		fmt.Fprintln(os.Stderr, "!!! testredis: "+msg)
+	}
+	t.Skip("!!! " + msg)
+}
 
 // Start starts a fresh redis-server for t on a free loopback port and waits
 // until it answers PING. The server is killed in t.Cleanup.
@@ -86,34 +120,46 @@ var loudOnce sync.Once
 // t when STOCKPOT_REQUIRE_REDIS=1.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin, err := Binary()
-	if err != nil {
-		msg := "redis-server not found: real-Redis tests SKIPPED; install redis-server " +
-			"(apt-get install redis-server) or put it on PATH; set " + RequireEnv + "=1 to make this a failure"
-		if required() {
-			t.Fatalf("%s=1 but redis-server is not on PATH (install redis-server): %v", RequireEnv, err)
-		}
-		loudOnce.Do(func() { fmt.Fprintln(os.Stderr, "!!! testredis: "+msg) })
-		t.Skip("!!! " + msg)
-	}
-	dir := t.TempDir()
-	s := &Server{t: t, bin: bin, dir: dir, log: filepath.Join(dir, "redis.log")}
+	bin := lookPath(t, "redis-server", "redis-server", "real-Redis tests")
+	s := newServer(bin, t.TempDir(), nil)
+	s.t = t
 	t.Cleanup(s.Kill)
+	if err := s.startOnFreePort(t.Logf); err != nil {
+		t.Fatalf("testredis: %v", err)
+	}
+	return s
+}
 
+// newServer returns a Server, not yet started, whose process runs in dir and
+// logs to dir/redis.log. extra, if not nil, gives the arguments to add to the
+// common ones for a port (see startOnFreePort).
+func newServer(bin, dir string, extra func(port int) ([]string, error)) *Server {
+	return &Server{bin: bin, dir: dir, log: filepath.Join(dir, "redis.log"), extra: extra}
+}
+
+// startOnFreePort starts the server on a free port, trying up to
+// startAttempts ports in case another process takes one between choosing and
+// binding it. logf reports the failed attempts.
+func (s *Server) startOnFreePort(logf func(format string, args ...any)) error {
 	for attempt := 1; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("testredis: finding a free port: %v", err)
+			return fmt.Errorf("finding a free port: %w", err)
 		}
-		s.port = port
+		s.port, s.args = port, nil
+		if s.extra != nil {
+			if s.args, err = s.extra(port); err != nil {
+				return err
+			}
+		}
 		err = s.start()
 		if err == nil {
-			return s
+			return nil
 		}
 		if attempt == startAttempts {
-			t.Fatalf("testredis: %v", err)
+			return err
 		}
-		t.Logf("testredis: attempt %d: %v; retrying on another port", attempt, err)
+		logf("testredis: attempt %d: %v; retrying on another port", attempt, err)
 	}
 }
 
@@ -186,17 +232,22 @@ func (s *Server) FastForward(t testing.TB, d time.Duration) {
 		t.Fatalf("testredis: fast-forward: %v", err)
 	}
 	for _, db := range dbs {
-		if err := fastForwardDB(ctx, rdb, db, d); err != nil {
+		if err := fastForwardDB(ctx, rdb, db, d, false); err != nil {
 			t.Fatalf("testredis: fast-forward db %d: %v", db, err)
 		}
 	}
 }
 
-// fastForwardScript shortens the TTL of each of KEYS by ARGV[1] milliseconds,
-// deleting the keys whose TTL would reach zero.
-var fastForwardScript = redis.NewScript(`
+// fastForwardSrc shortens the TTL of each key by ARGV[1] milliseconds,
+// deleting the keys whose TTL would reach zero. The keys are KEYS or, when
+// there are none, ARGV[2] on.
+const fastForwardSrc = `
 local d = tonumber(ARGV[1])
-for _, k in ipairs(KEYS) do
+local keys = KEYS
+if #keys == 0 then
+  keys = {unpack(ARGV, 2)}
+end
+for _, k in ipairs(keys) do
   local pttl = redis.call('PTTL', k)
   if pttl > 0 then
     if pttl <= d then
@@ -207,9 +258,23 @@ for _, k in ipairs(KEYS) do
   end
 end
 return 0
-`)
+`
 
-func fastForwardDB(ctx context.Context, rdb *redis.Client, db int, d time.Duration) error {
+var (
+	// fastForwardScript takes the keys of a page of SCAN as KEYS, which on
+	// a single server may be in any hash slots.
+	fastForwardScript = redis.NewScript(fastForwardSrc)
+	// fastForwardNodeScript takes them as ARGV, for a cluster node: a
+	// script's KEYS must share one slot there, but the keys it touches
+	// without declaring them may be in any of the node's slots when it
+	// says so (Redis 7.0 or later).
+	fastForwardNodeScript = redis.NewScript("#!lua flags=allow-cross-slot-keys\n" + fastForwardSrc)
+)
+
+// fastForwardDB applies fastForwardSrc to every key of database db on the
+// server rdb is connected to, a page of SCAN at a time. On a cluster node
+// (clusterNode), the keys go in ARGV (see fastForwardNodeScript).
+func fastForwardDB(ctx context.Context, rdb *redis.Client, db int, d time.Duration, clusterNode bool) error {
 	conn := rdb.Conn()
 	defer conn.Close()
 	if err := conn.Select(ctx, db).Err(); err != nil {
@@ -223,7 +288,18 @@ func fastForwardDB(ctx context.Context, rdb *redis.Client, db int, d time.Durati
 			return err
 		}
 		if len(keys) > 0 {
-			if err := fastForwardScript.Run(ctx, conn, keys, ms).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			var cmd *redis.Cmd
+			if clusterNode {
+				args := make([]any, 0, len(keys)+1)
+				args = append(args, ms)
+				for _, k := range keys {
+					args = append(args, k)
+				}
+				cmd = fastForwardNodeScript.Run(ctx, conn, nil, args...)
+			} else {
+				cmd = fastForwardScript.Run(ctx, conn, keys, ms)
+			}
+			if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) {
 				return err
 			}
 		}
@@ -280,6 +356,7 @@ func (s *Server) start() error {
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
 	)
+	cmd.Args = append(cmd.Args, s.args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -410,19 +487,24 @@ func required() bool {
 }
 
 // Backend is one Redis to run a behaviour test against: an in-process
-// miniredis or a real redis-server.
+// miniredis, a real redis-server, or a Redis Cluster.
 type Backend struct {
-	Name   string               // "miniredis" or "redis"
-	Mini   *miniredis.Miniredis // nil on a real server
-	Server *Server              // nil on miniredis
+	Name    string               // "miniredis", "redis" or "cluster"
+	Mini    *miniredis.Miniredis // set on miniredis only
+	Server  *Server              // set on a real server only
+	Cluster *Cluster             // set on a cluster only
 }
 
-// Client returns a new client on the backend, closed in t.Cleanup. Several
-// calls give several connection pools on the same data, as several processes
-// of a fleet would have.
+// Client returns a new client on the backend, closed in t.Cleanup: a
+// *redis.ClusterClient on a cluster, else a *redis.Client. Several calls
+// give several connection pools on the same data, as several processes of a
+// fleet would have.
 func (b *Backend) Client(t testing.TB) redis.UniversalClient {
 	t.Helper()
-	if b.Server != nil {
+	switch {
+	case b.Cluster != nil:
+		return b.Cluster.Client(t)
+	case b.Server != nil:
 		return b.Server.Client(t)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: b.Mini.Addr()})
@@ -431,19 +513,31 @@ func (b *Backend) Client(t testing.TB) redis.UniversalClient {
 }
 
 // FastForward moves every TTL on the backend forward by d, expiring the keys
-// whose TTL runs out: miniredis's FastForward, or [Server.FastForward].
+// whose TTL runs out: miniredis's FastForward, [Server.FastForward] or
+// [Cluster.FastForward].
 func (b *Backend) FastForward(t testing.TB, d time.Duration) {
 	t.Helper()
-	if b.Server != nil {
+	switch {
+	case b.Cluster != nil:
+		b.Cluster.FastForward(t, d)
+	case b.Server != nil:
 		b.Server.FastForward(t, d)
-		return
+	default:
+		b.Mini.FastForward(d)
 	}
-	b.Mini.FastForward(d)
 }
 
-// Run runs fn as a subtest once per backend: "miniredis" on a fresh miniredis,
-// and "redis" on a fresh real server from [Start], which skips or fails as
-// Start does when redis-server is missing.
+// Run runs fn as a subtest once per backend: "miniredis" on a fresh
+// miniredis; "redis" on a fresh real server from [Start]; and "cluster" on a
+// Redis Cluster of three masters. The cluster is shared by the tests of the
+// test binary, because starting one takes seconds: it is started by the
+// first test that needs it, has every key deleted (FLUSHALL on every master)
+// before each test, and is stopped by [Main]. So a test must leave its
+// topology as it found it; one that moves slots starts its own with
+// [StartCluster]. The real-Redis subtests skip or fail as Start and
+// StartCluster do when redis-server or redis-cli is missing.
+//
+// The subtests' names select backends: go test -run 'TestX/cluster'.
 func Run(t *testing.T, fn func(t *testing.T, b *Backend)) {
 	t.Helper()
 	t.Run("miniredis", func(t *testing.T) {
@@ -451,5 +545,8 @@ func Run(t *testing.T, fn func(t *testing.T, b *Backend)) {
 	})
 	t.Run("redis", func(t *testing.T) {
 		fn(t, &Backend{Name: "redis", Server: Start(t)})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		fn(t, &Backend{Name: "cluster", Cluster: sharedCluster(t)})
 	})
 }

@@ -139,9 +139,16 @@ func TestRun(t *testing.T) {
 		case "miniredis":
 			require.NotNil(t, b.Mini)
 			require.Nil(t, b.Server)
+			require.Nil(t, b.Cluster)
 		case "redis":
 			require.Nil(t, b.Mini)
 			require.NotNil(t, b.Server)
+			require.Nil(t, b.Cluster)
+		case "cluster":
+			require.Nil(t, b.Mini)
+			require.Nil(t, b.Server)
+			require.NotNil(t, b.Cluster)
+			require.IsType(t, &redis.ClusterClient{}, b.Client(t))
 		}
 		ctx := t.Context()
 
@@ -162,7 +169,10 @@ func TestRun(t *testing.T) {
 	if !t.Failed() {
 		require.Contains(t, names, "miniredis")
 		if _, err := Binary(); err == nil {
-			require.Equal(t, []string{"miniredis", "redis"}, names)
+			require.Subset(t, names, []string{"miniredis", "redis"})
+		}
+		if required() {
+			require.Equal(t, []string{"miniredis", "redis", "cluster"}, names)
 		}
 	}
 }
