@@ -132,7 +132,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		h.st.add(EventRedisError, 1)
 		return err
 	}
-	_, err := h.m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := h.m.pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
 		p.HSet(ctx, h.key, args...)
 		h.expire(ctx, p, h.s.keep(ttl))

@@ -1,13 +1,16 @@
 package cache
 
 import (
+	"context"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stockpot-go/cache/internal/testredis"
@@ -95,4 +98,29 @@ func ownGoroutines() int {
 		}
 	}
 	return n
+}
+
+// allKeys returns the keys matching pattern on rdb's backend, sorted: on a
+// cluster, from every master (KEYS on a ClusterClient asks one master).
+func allKeys(t testing.TB, rdb redis.UniversalClient, pattern string) []string {
+	t.Helper()
+	ctx := t.Context()
+	var keys []string
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex // protects keys
+		err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			found, err := n.Keys(ctx, pattern).Result()
+			mu.Lock()
+			defer mu.Unlock()
+			keys = append(keys, found...)
+			return err
+		})
+		require.NoError(t, err)
+	} else {
+		var err error
+		keys, err = rdb.Keys(ctx, pattern).Result()
+		require.NoError(t, err)
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -157,7 +157,7 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	if err := m.resolvePrefixes(ctx, &p); err != nil {
 		return err
 	}
-	_, err := m.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := m.pipelined(ctx, func(pipe redis.Pipeliner) error {
 		// In each pair the lease goes first, so no store lands between the two.
 		for _, r := range p.strings {
 			pipe.Del(ctx, r.lease, r.key)
@@ -364,7 +364,7 @@ func (m *Manager) tagEntry(ctx context.Context, tags []string, ttl time.Duration
 	if ttl > 0 {
 		until = strconv.FormatInt(now.Add(ttl).UnixMilli(), 10)
 	}
-	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := m.pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, ref := range refs {
 			member := tagMember(ref)
 			for _, t := range tags {
@@ -385,7 +385,7 @@ func (m *Manager) resolveTags(ctx context.Context, p *invalidation) error {
 	}
 	suffix := ":x:" + newGen()
 	renames := make([]*redis.StatusCmd, len(p.tags))
-	_, err := m.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := m.pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, t := range p.tags {
 			renames[i] = pipe.Rename(ctx, t, t+suffix)
 		}
@@ -406,7 +406,7 @@ func (m *Manager) resolveTags(ctx context.Context, p *invalidation) error {
 	const batch = 5000
 	for start := int64(0); len(taken) > 0; start += batch {
 		cmds := make([]*redis.StringSliceCmd, len(taken))
-		_, err := m.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		_, err := m.pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i, k := range taken {
 				cmds[i] = pipe.ZRange(ctx, k, start, start+batch-1)
 			}
@@ -484,7 +484,7 @@ func (m *Manager) rescanPrefixes(ctx context.Context, p *invalidation) error {
 	if err := m.resolvePrefixes(ctx, &again); err != nil || len(again.strings) == 0 {
 		return err
 	}
-	_, err := m.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+	_, err := m.pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for _, r := range again.strings {
 			pipe.Del(ctx, r.lease, r.key)
 		}

@@ -35,7 +35,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		m.kv.add(EventRedisError, 1)
 		return err
 	}
-	_, err = m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = m.pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, s.keep(ttl))
 		return nil
@@ -171,7 +171,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 			return err
 		}
 	}
-	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := m.pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, w := range writes {
 			p.Del(ctx, w.ref.lease)
 			p.Set(ctx, w.ref.key, w.b, w.ttl)

@@ -237,10 +237,11 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		}
 		sp.st.add(EventRedisError, 1)
 		sp.st.add(EventDegraded, 1)
-		v, _, err := callLoader(ctx, sp.st, fn)
-		return v, time.Time{}, err
+		return loadDegraded(ctx, sp, fn, err)
 	}
 	tagged := time.Now()
+	var refused time.Time // when acquire was first refused by a slot migration
+	var pause time.Duration
 	for {
 		asked := time.Now()
 		a, err := m.acquire(ctx, sp.ref, token, take)
@@ -248,13 +249,20 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 			if ctx.Err() != nil {
 				return zero, time.Time{}, ctx.Err()
 			}
+			if slotMoving(err) {
+				if refused.IsZero() {
+					refused = asked
+				}
+				if slotBackoff(ctx, refused, &pause) {
+					continue
+				}
+			}
 			// Redis is failing: the caller still gets the loader's value,
 			// which is not stored.
 			sp.st.add(EventRedisError, 1)
 			sp.st.add(EventDegraded, 1)
 			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
-			v, _, err := callLoader(ctx, sp.st, fn)
-			return v, time.Time{}, err
+			return loadDegraded(ctx, sp, fn, err)
 		}
 		if a.value != nil && a.status != leaseTaken {
 			// A value is there: take it if it is usable.
@@ -335,12 +343,30 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 	if sp.ref.gen != "" {
 		keys = append(keys, sp.ref.gen)
 	}
-	storeAt := time.Now()
 	keep := ttl
 	if keep > 0 && !errors.Is(err, ErrNotFound) {
 		keep += sp.stale
 	}
-	n, serr := scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, keep.Milliseconds()).Int()
+	var (
+		storeAt time.Time
+		n       int
+		serr    error
+		refused time.Time // when the store was first refused by a slot migration
+		pause   time.Duration
+	)
+	for {
+		storeAt = time.Now()
+		n, serr = scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, keep.Milliseconds()).Int()
+		if !slotMoving(serr) {
+			break
+		}
+		if refused.IsZero() {
+			refused = storeAt
+		}
+		if !slotBackoff(ctx, refused, &pause) {
+			break
+		}
+	}
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
@@ -352,6 +378,23 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 	}
 	sp.st.add(EventSet, 1)
 	return v, storeAt, false, err
+}
+
+// loadDegraded runs the loader without the cache, Redis having failed with
+// cause. The value is not stored. When Redis cannot be reached, every
+// caller waiting for the flight takes the value (the time returned is
+// zero), so that an outage does not multiply the loads. When Redis answered
+// with an error (a script refused during a cluster slot migration, say), it
+// is up for other processes, whose invalidations this process does not
+// see: as for a voided store, only the callers that joined before the load
+// began take the value.
+func loadDegraded[T any](ctx context.Context, sp *loadSpec, fn func(context.Context) (T, error), cause error) (T, time.Time, error) {
+	began := time.Now()
+	v, _, err := callLoader(ctx, sp.st, fn)
+	if unreachable(cause) {
+		return v, time.Time{}, err
+	}
+	return v, began, err
 }
 
 // callLoader runs fn, turning a panic into a *PanicError, and counts it.

@@ -412,12 +412,24 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 	l := &Lock{m: m, name: name, keys: []string{key, fenceKey}, token: rand.Text()}
 	ms := ttl.Milliseconds()
 	var timer *time.Timer
+	var refused time.Time // when an attempt was first refused by a slot migration
+	var pause time.Duration
 	for n := 1; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return nil, time.Time{}, errors.Join(ErrNotObtained, err)
 		}
 		sent := time.Now()
 		fence, err := scripts.LockObtain.Run(ctx, m.rdb, l.keys, l.token, ms).Int64()
+		if slotMoving(err) {
+			// Refused without running: not an attempt.
+			if refused.IsZero() {
+				refused = sent
+			}
+			if slotBackoff(ctx, refused, &pause) {
+				n--
+				continue
+			}
+		}
 		if err != nil {
 			var reply redis.Error
 			if !errors.As(err, &reply) {

@@ -246,7 +246,9 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 			}
 			h, state = mm.m.lookup(mm.st, ref, bytesOf(s), gen, &v)
 		}
-	} else {
+	} else if !slotMoving(err) {
+		// A read refused by a slot migration goes on as a miss: the load
+		// that follows waits for the migration (see runLoad).
 		mm.st.add(EventRedisError, 1)
 	}
 	act := mm.s.decide(mm.m, mm.st, h, state)

@@ -198,7 +198,11 @@ func TestFleetStampede(t *testing.T) {
 		}
 		memos := make([]*Memo[leaderboardQuery, []row], 4)
 		for i := range memos {
-			memos[i] = Memoize(e.manager(nil), "franchise_leaderboard", compute, TTL(10*time.Minute))
+			m := e.manager(nil)
+			// Connect first (on a cluster, also load the slot map), so that
+			// no Manager comes so late that the value is already stored.
+			require.NoError(t, m.Client().Ping(t.Context()).Err())
+			memos[i] = Memoize(m, "franchise_leaderboard", compute, TTL(10*time.Minute))
 		}
 		q := leaderboardQuery{Region: "Mumbai", Limit: 20}
 		var wg sync.WaitGroup
