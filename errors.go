@@ -43,6 +43,7 @@ type PanicError struct {
 	Stack []byte // the loader's stack at the panic
 }
 
+// Error says that the loader panicked, and with what.
 func (e *PanicError) Error() string {
 	return fmt.Sprintf("cache: loader panicked: %v", e.Value)
 }
@@ -62,6 +63,7 @@ type DecodeError struct {
 	Err   error
 }
 
+// Error names the key (and field) and why it did not decode.
 func (e *DecodeError) Error() string {
 	if e.Field != "" {
 		return fmt.Sprintf("cache: decode %s field %q: %v", e.Key, e.Field, e.Err)
@@ -69,4 +71,5 @@ func (e *DecodeError) Error() string {
 	return fmt.Sprintf("cache: decode %s: %v", e.Key, e.Err)
 }
 
+// Unwrap returns why the bytes did not decode.
 func (e *DecodeError) Unwrap() error { return e.Err }

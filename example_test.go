@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -234,4 +235,140 @@ func ExampleTag() {
 	fmt.Println(len(got))
 	// Output:
 	// 1
+}
+
+func ExampleManager_Invalidate() {
+	m, done := newExampleManager()
+	defer done()
+	ctx := context.Background()
+
+	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics")
+	leaderboard := cache.Memoize(m, "leaderboard", func(ctx context.Context, q LeaderboardQuery) ([]Row, error) {
+		return []Row{{"Mumbai-07", 391444}}, nil
+	})
+	_ = m.Set(ctx, "dashboard_summary", Summary{Invoices: 1200})
+	_ = metrics.SetMany(ctx, map[string]OutletMetrics{"outlet-41": {Orders: 12}, "outlet-42": {Orders: 7}})
+	_, _ = leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 1})
+
+	// Several kinds of target in one call, one round trip.
+	err := m.Invalidate(ctx,
+		cache.Key("dashboard_summary"),
+		metrics.Field("outlet-42"),
+		leaderboard.All(),
+	)
+	fmt.Println(err)
+	all, _ := metrics.All(ctx)
+	fmt.Println(len(all), m.Stats().Invalidations.ByKind["field"])
+
+	// Bad input invalidates nothing.
+	fmt.Println(errors.Is(m.Invalidate(ctx, cache.Key("")), cache.ErrInvalidKey))
+	// Output:
+	// <nil>
+	// 1 1
+	// true
+}
+
+func ExampleStaleFor() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	m, err := cache.New(rdb, &cache.Options{Now: func() time.Time { return now }})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+
+	version := 1
+	refreshed := make(chan struct{}, 1)
+	tweets := cache.Memoize(m, "tweets", func(ctx context.Context, user string) (string, error) {
+		defer func() { refreshed <- struct{}{} }()
+		return fmt.Sprintf("%s's tweets, v%d", user, version), nil
+	}, cache.TTL(15*time.Minute), cache.Jitter(0), cache.StaleFor(24*time.Hour))
+
+	v, _ := tweets.Get(ctx, "ana")
+	<-refreshed
+	fmt.Println(v)
+
+	// 20 minutes later the entry is stale: the old value comes back at once
+	// and one refresh runs in the background.
+	now = now.Add(20 * time.Minute)
+	version = 2
+	v, _ = tweets.Get(ctx, "ana")
+	fmt.Println(v)
+	<-refreshed
+	for m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 0 {
+		time.Sleep(time.Millisecond) // the refresh stores its value just after the loader returns
+	}
+	v, _ = tweets.Get(ctx, "ana")
+	fmt.Println(v)
+	// Output:
+	// ana's tweets, v1
+	// ana's tweets, v1
+	// ana's tweets, v2
+}
+
+func ExampleObserverFunc() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	// Count events per kind and name, as a metrics library would.
+	var mu sync.Mutex
+	counts := map[string]uint64{}
+	observer := cache.ObserverFunc(func(e cache.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		counts[e.Kind.String()+" "+e.Name] += e.N
+	})
+	m, err := cache.New(rdb, &cache.Options{Observer: observer})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+	for range 3 {
+		_, _ = cache.GetOrLoad(ctx, m, "summary", func(ctx context.Context) (int, error) { return 1, nil })
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	fmt.Println(counts["miss keys"], counts["load keys"], counts["hit keys"])
+	// Output:
+	// 1 1 2
+}
+
+func ExampleLocalOptions() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Local: &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second}})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+
+	menu := cache.Memoize(m, "menu", func(ctx context.Context, outlet string) ([]string, error) {
+		return []string{"mango", "pista"}, nil
+	})
+	for range 3 {
+		_, _ = menu.Get(ctx, "outlet-42") // a load, then two in-process hits
+	}
+	st := m.Stats().ByName["memo:menu"]
+	fmt.Println(st.Loads, st.LocalHits)
+	// Output:
+	// 1 2
 }

@@ -230,6 +230,7 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 // FieldErrors lists the fields of a Hash that did not decode.
 type FieldErrors []*DecodeError
 
+// Error says how many fields did not decode, and why the first did not.
 func (e FieldErrors) Error() string {
 	if len(e) == 1 {
 		return fmt.Sprintf("cache: 1 field did not decode: %v", e[0])

@@ -86,6 +86,7 @@ func (mm *Memo[A, R]) All() Target {
 	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen, err: mm.err}
 }
 
+// String names the target's kind and what it names, as in `tag "sales"`.
 func (t Target) String() string {
 	if t.kind == targetNone || t.kind >= targetKinds {
 		return "invalid target"
