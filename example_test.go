@@ -16,12 +16,17 @@ import (
 // newExampleManager returns a Manager on an in-process miniredis; a real
 // service passes its own go-redis client.
 func newExampleManager() (*cache.Manager, func()) {
+	return newExampleManagerWith(&cache.Options{Prefix: "scoopjoy"})
+}
+
+// newExampleManagerWith is newExampleManager with opts.
+func newExampleManagerWith(opts *cache.Options) (*cache.Manager, func()) {
 	mr, err := miniredis.Run()
 	if err != nil {
 		panic(err)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	m, err := cache.New(rdb, opts)
 	if err != nil {
 		panic(err)
 	}
@@ -269,19 +274,9 @@ func ExampleManager_Invalidate() {
 }
 
 func ExampleStaleFor() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		panic(err)
-	}
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	m, err := cache.New(rdb, &cache.Options{Now: func() time.Time { return now }})
-	if err != nil {
-		panic(err)
-	}
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Now: func() time.Time { return now }})
+	defer done()
 	ctx := context.Background()
 
 	version := 1
@@ -314,13 +309,6 @@ func ExampleStaleFor() {
 }
 
 func ExampleObserverFunc() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		panic(err)
-	}
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
 
 	// Count events per kind and name, as a metrics library would.
 	var mu sync.Mutex
@@ -330,11 +318,8 @@ func ExampleObserverFunc() {
 		defer mu.Unlock()
 		counts[e.Kind.String()+" "+e.Name] += e.N
 	})
-	m, err := cache.New(rdb, &cache.Options{Observer: observer})
-	if err != nil {
-		panic(err)
-	}
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Observer: observer})
+	defer done()
 	ctx := context.Background()
 	for range 3 {
 		_, _ = cache.GetOrLoad(ctx, m, "summary", func(ctx context.Context) (int, error) { return 1, nil })
@@ -347,18 +332,8 @@ func ExampleObserverFunc() {
 }
 
 func ExampleLocalOptions() {
-	mr, err := miniredis.Run()
-	if err != nil {
-		panic(err)
-	}
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	m, err := cache.New(rdb, &cache.Options{Local: &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second}})
-	if err != nil {
-		panic(err)
-	}
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Local: &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second}})
+	defer done()
 	ctx := context.Background()
 
 	menu := cache.Memoize(m, "menu", func(ctx context.Context, outlet string) ([]string, error) {

@@ -425,19 +425,7 @@ func TestInvalidateRoundTrips(t *testing.T) {
 		h := NewHash[int](m, "h")
 		mm := Memoize(m, "m", func(ctx context.Context, i int) (int, error) { return i, nil })
 		for _, n := range []int{1, 10, 500} {
-			targets := make([]Target, 0, n)
-			for i := 0; len(targets) < n; i++ {
-				switch i % 4 {
-				case 0:
-					targets = append(targets, Key(fmt.Sprint("k", i)))
-				case 1:
-					targets = append(targets, h.Field(fmt.Sprint("f", i)))
-				case 2:
-					targets = append(targets, mm.Entry(i))
-				case 3:
-					targets = append(targets, mm.All())
-				}
-			}
+			targets := mixedTargets(n, h, mm)
 			counter.trips.Store(0)
 			require.NoError(t, m.Invalidate(ctx, targets...))
 			if b.Name != "cluster" {
@@ -450,4 +438,23 @@ func TestInvalidateRoundTrips(t *testing.T) {
 			}
 		}
 	})
+}
+
+// mixedTargets returns n targets of four kinds in turn: keys, hash fields,
+// memo entries and whole memos.
+func mixedTargets(n int, h *Hash[int], mm *Memo[int, int]) []Target {
+	targets := make([]Target, 0, n)
+	for i := 0; len(targets) < n; i++ {
+		switch i % 4 {
+		case 0:
+			targets = append(targets, Key(fmt.Sprint("k", i)))
+		case 1:
+			targets = append(targets, h.Field(fmt.Sprint("f", i)))
+		case 2:
+			targets = append(targets, mm.Entry(i))
+		case 3:
+			targets = append(targets, mm.All())
+		}
+	}
+	return targets
 }
