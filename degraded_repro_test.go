@@ -48,11 +48,13 @@ func TestDegradedLoadNotServedAfterInvalidate(t *testing.T) {
 	var ver atomic.Int64
 	ver.Store(1)
 	started, release := make(chan struct{}), make(chan struct{})
-	load := func(context.Context) (int64, error) {
+	load := func(ctx context.Context) (int64, error) {
 		v := ver.Load()
 		select {
 		case started <- struct{}{}:
-			<-release
+			if err := await(ctx, release); err != nil {
+				return 0, err
+			}
 		default:
 		}
 		return v, nil

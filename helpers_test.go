@@ -81,6 +81,18 @@ func newMini(t testing.TB) *miniredis.Miniredis {
 	return mr
 }
 
+// await waits for ch to close or ctx to end. Test loaders wait with it, so
+// that a test that fails before opening their gate ends (Close cancels the
+// loads) instead of hanging.
+func await(ctx context.Context, ch <-chan struct{}) error {
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // lastOwn is the stack of the last goroutine ownGoroutines counted, for
 // failure messages.
 var lastOwn string

@@ -234,7 +234,9 @@ func TestTagVoidsLoadInFlight(t *testing.T) {
 		mm := Memoize(m, "menu", func(ctx context.Context, outlet string) (int64, error) {
 			v := version.Load()
 			if v == 0 {
-				<-gate
+				if err := await(ctx, gate); err != nil {
+					return 0, err
+				}
 			}
 			return v, nil
 		}, TagsFor(func(outlet string) []string { return []string{"outlet:" + outlet} }))

@@ -94,7 +94,9 @@ func TestLoaderPanic(t *testing.T) {
 		ctx := t.Context()
 		release := make(chan struct{})
 		boom := func(ctx context.Context) (int, error) {
-			<-release
+			if err := await(ctx, release); err != nil {
+				return 0, err
+			}
 			panic("oven on fire")
 		}
 		var wg sync.WaitGroup
@@ -154,8 +156,10 @@ func TestWaiterCancel(t *testing.T) {
 		m := newEnv(t, b).manager(nil)
 		release := make(chan struct{})
 		slow := func(ctx context.Context) (string, error) {
-			<-release
-			return "done", ctx.Err()
+			if err := await(ctx, release); err != nil {
+				return "", err
+			}
+			return "done", nil
 		}
 		// The first caller's context ends while the others wait: the load,
 		// which runs under a context of its own, goes on for them.
@@ -354,7 +358,9 @@ func TestForgetVoidsLoadInFlight(t *testing.T) {
 			v := version.Load()
 			if v == 0 {
 				inLoad <- struct{}{}
-				<-proceed
+				if err := await(ctx, proceed); err != nil {
+					return 0, err
+				}
 			}
 			return v, nil
 		})
@@ -634,7 +640,9 @@ func TestHashGetOrLoad(t *testing.T) {
 		go func() {
 			defer close(done)
 			_, err := h.GetOrLoad(ctx, "late", func(ctx context.Context, f string) (outletMetrics, error) {
-				<-gate
+				if err := await(ctx, gate); err != nil {
+					return outletMetrics{}, err
+				}
 				return outletMetrics{Orders: -1}, nil
 			})
 			assert.NoError(t, err)

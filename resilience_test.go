@@ -139,7 +139,9 @@ func TestOutageErrors(t *testing.T) {
 			<-gate
 			v, err := GetOrLoad(ctx, m, "hot", func(ctx context.Context) (string, error) {
 				loads.Add(1)
-				<-gate
+				if err := await(ctx, gate); err != nil {
+					return "", err
+				}
 				time.Sleep(100 * time.Millisecond) // long enough for all 1000 to join
 				return "from the database", nil
 			})

@@ -591,7 +591,9 @@ func TestHashWarmNoStaleSet(t *testing.T) {
 			v := int(version.Load())
 			if loads == 1 {
 				close(invalidate) // the application changes the source and invalidates now
-				<-done
+				if err := await(ctx, done); err != nil {
+					return nil, err
+				}
 			}
 			return map[string]int{"Pune-03": v, "Pune-04": v}, nil
 		}))
