@@ -46,12 +46,8 @@ func (s *fencedOrders) SetStatus(id int, status string, fence int64) error {
 // Order processing under a lock: one instance of the fleet moves order 42
 // along at a time, and every write carries the lock's fence.
 func ExampleManager_WithLock() {
-	mr, _ := miniredis.Run()
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	m, _ := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
+	defer done()
 	ctx := context.Background()
 	orders := newFencedOrders()
 
@@ -75,12 +71,9 @@ func ExampleManager_WithLock() {
 // An inventory update under a lock: read, compute and write back the stock
 // of flour without another instance doing the same in between.
 func ExampleManager_WithLock_inventory() {
-	mr, _ := miniredis.Run()
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	m, _ := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
+	defer done()
+	rdb := m.Client()
 	ctx := context.Background()
 	stock := m.Key("stock:flour_kg") // a key of the application's own
 	rdb.Set(ctx, stock, 25, 0)
@@ -111,12 +104,8 @@ func ExampleManager_WithLock_inventory() {
 }
 
 func ExampleManager_TryLock() {
-	mr, _ := miniredis.Run()
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	m, _ := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
-	defer m.Close()
+	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
+	defer done()
 	ctx := context.Background()
 
 	oven, err := m.TryLock(ctx, "oven:1", 30*time.Second)

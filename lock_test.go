@@ -44,18 +44,19 @@ func lockRecv[T any](t *testing.T, what string, ch <-chan T) T {
 	}
 }
 
-// lostWhileRunning runs WithLock on m with a fn that signals entered, then
-// waits for its context to end and returns the context's cause. It returns
-// the channel entered is signalled on and a channel that receives
-// WithLock's error and that cause.
-func lostWhileRunning(t *testing.T, m *Manager, name string, ttl time.Duration) (<-chan struct{}, <-chan [2]error) {
+// lostWhileRunning runs WithLock on m with a fn that sends its lock's fence
+// on entered, then waits for its context to end and returns the context's
+// cause. It returns entered and a channel that receives WithLock's error
+// and that cause.
+func lostWhileRunning(t *testing.T, m *Manager, name string, ttl time.Duration) (<-chan int64, <-chan [2]error) {
 	t.Helper()
-	entered := make(chan struct{})
+	entered := make(chan int64, 1)
 	out := make(chan [2]error, 1)
 	go func() {
 		var cause error
 		err := m.WithLock(t.Context(), name, ttl, func(ctx context.Context) error {
-			close(entered)
+			l, _ := LockFromContext(ctx)
+			entered <- l.Fence()
 			select {
 			case <-ctx.Done():
 				cause = context.Cause(ctx)
@@ -622,26 +623,8 @@ func TestWithLockRedisRestart(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = m.Close() })
 
-	var fence int64
-	entered := make(chan struct{})
-	out := make(chan [2]error, 1)
-	go func() {
-		var cause error
-		err := m.WithLock(t.Context(), "order:42", 300*time.Millisecond, func(ctx context.Context) error {
-			l, _ := LockFromContext(ctx)
-			fence = l.Fence()
-			close(entered)
-			select {
-			case <-ctx.Done():
-				cause = context.Cause(ctx)
-				return ctx.Err()
-			case <-time.After(10 * time.Second):
-				return errors.New("fn's context was not cancelled")
-			}
-		})
-		out <- [2]error{err, cause}
-	}()
-	lockRecv(t, "fn to start", entered)
+	entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
+	fence := lockRecv(t, "fn to start", entered)
 	srv.Kill()
 	res := lockRecv(t, "WithLock to return", out)
 	assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
