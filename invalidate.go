@@ -113,7 +113,8 @@ func (t Target) check() error {
 // no caller that starts after it gets one. One call may mix every kind of
 // target; its Redis work is pipelined, so it takes a few round trips per
 // node touched, however many targets there are (tags and prefixes take one
-// or two more to find their entries).
+// or two more to find their entries, and with Options.Local one more
+// publishes the drop to the other Managers' local tiers).
 //
 // If any target is invalid (an empty key or tag, the zero Target), nothing
 // is invalidated. If Redis fails, the error is returned and some targets

@@ -89,7 +89,7 @@ func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state rea
 	switch state {
 	case stateHit:
 		st.add(EventHit, 1)
-		if s.refreshEarly(m.now(), h) {
+		if s.earlyBeta > 0 && s.refreshEarly(m.now(), h) { // no clock read on plain hits
 			st.add(EventEarlyRefresh, 1)
 			return serveRefresh
 		}
