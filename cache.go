@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/sony/gobreaker/v2"
 )
 
 // Options configure a Manager. A nil *Options gives every default. New copies
@@ -119,7 +118,7 @@ type Options struct {
 // Close it on shutdown.
 type Manager struct {
 	rdb     redis.UniversalClient
-	breaker *gobreaker.CircuitBreaker[struct{}] // nil when turned off
+	breaker *breaker // nil when turned off
 	opts    Options
 	prefix  string // opts.Prefix + ":"
 	log     *slog.Logger
@@ -235,11 +234,11 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.MaxEntries < 0 || lo.TTL < 0 {
 			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
 		}
-		m.local = newLocalTier(lo, m.prefix+"{local}:invalidate")
+		m.local = newLocalTier(lo, m.localChannel())
 	}
 	if o.Breaker.Failures > 0 {
 		m.breaker = newBreaker(o.Breaker, o.Observer)
-		rdb.AddHook(breakerHook{cb: m.breaker, closed: &m.closed})
+		rdb.AddHook(breakerHook{b: m.breaker, closed: &m.closed})
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.flights.m = make(map[string]*flight)

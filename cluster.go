@@ -59,37 +59,46 @@ func slotBackoff(ctx context.Context, start time.Time, pause *time.Duration) boo
 	return true
 }
 
-// pipelined is m.rdb.Pipelined, except that the commands refused because
-// their slot is migrating are sent again (see slotBackoff) until they run.
-// Those commands run after the others of the pipeline, so fn must not
-// depend on the order of commands on different keys. The error is the
-// first command's error, as Pipelined's.
-func (m *Manager) pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error) {
-	cmds, err := m.rdb.Pipelined(ctx, fn)
-	start := time.Now()
-	var pause time.Duration
-	for err != nil {
-		var again []redis.Cmder
-		for _, c := range cmds {
-			if slotMoving(c.Err()) {
-				again = append(again, c)
-			}
+// node is one master of the Redis the Manager uses, for the work that is
+// planned per master: scans of the keyspace, INFO.
+type node struct {
+	m *Manager
+	c redis.UniversalClient
+}
+
+// do sends cmd to the node, through the Manager's Redis-call path.
+func (n node) do(ctx context.Context, st *counters, cmd redis.Cmder) error {
+	return n.m.doOn(ctx, n.c, st, cmd)
+}
+
+// scan calls fn with every key of the node that matches pattern (SCAN,
+// never KEYS).
+func (n node) scan(ctx context.Context, st *counters, pattern string, fn func(key string)) error {
+	var cursor uint64
+	for {
+		cmd := redis.NewScanCmd(ctx, nil, "scan", cursor, "match", pattern, "count", 1000)
+		if err := n.do(ctx, st, cmd); err != nil {
+			return err
 		}
-		if len(again) == 0 || !slotBackoff(ctx, start, &pause) {
-			break
+		keys, next := cmd.Val()
+		for _, k := range keys {
+			fn(k)
 		}
-		_, _ = m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, c := range again {
-				_ = p.Process(ctx, c)
-			}
+		if next == 0 {
 			return nil
-		})
-		err = nil
-		for _, c := range cmds {
-			if err = c.Err(); err != nil {
-				break
-			}
 		}
+		cursor = next
 	}
-	return cmds, err
+}
+
+// forEachMaster calls fn, concurrently, for every node that holds keys: each
+// master of a cluster, each shard of a ring, else the client itself.
+func (m *Manager) forEachMaster(ctx context.Context, fn func(context.Context, node) error) error {
+	switch c := m.rdb.(type) {
+	case *redis.ClusterClient:
+		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m, n}) })
+	case *redis.Ring:
+		return c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m, n}) })
+	}
+	return fn(ctx, node{m, m.rdb})
 }

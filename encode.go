@@ -88,32 +88,33 @@ const (
 
 // lookup decodes stored bytes b of ref into dst. When wantGen is not "" the
 // entry counts only if it was written under that generation. Bytes that do
-// not decode are counted and reported as a miss.
-func (m *Manager) lookup(st *counters, ref entryRef, b []byte, wantGen string, dst any) (envelope.Header, readState) {
+// not decode are counted and reported as a miss, with the reason.
+func (m *Manager) lookup(st *counters, ref entryRef, b []byte, wantGen string, dst any) (envelope.Header, readState, error) {
 	h, payload, err := envelope.Decode(b)
 	if err == nil && wantGen != "" && !sameGen(h.Gen, wantGen) {
-		return h, stateMiss
+		return h, stateMiss, nil
 	}
 	now := m.now().UnixMilli()
 	fresh := h.FreshUntil == 0 || now < h.FreshUntil
 	if err == nil && h.Flags&envelope.Negative != 0 {
 		if fresh {
-			return h, stateNegative
+			return h, stateNegative, nil
 		}
-		return h, stateMiss
+		return h, stateMiss, nil
 	}
 	if err == nil {
 		err = m.decodePayload(h, payload, dst)
 	}
 	if err != nil {
 		st.add(EventDecodeError, 1)
-		m.log.Debug("cache: stored value does not decode", "err", &DecodeError{Key: ref.key, Field: ref.field, Err: err})
-		return h, stateMiss
+		err = &DecodeError{Key: ref.key, Field: ref.field, Err: err}
+		m.log.Debug("cache: stored value does not decode", "err", err)
+		return h, stateMiss, err
 	}
 	if !fresh {
-		return h, stateStale
+		return h, stateStale, nil
 	}
-	return h, stateHit
+	return h, stateHit, nil
 }
 
 // sameGen reports whether an envelope's generation is gen, the decimal

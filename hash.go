@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"strconv"
@@ -21,12 +20,10 @@ import (
 type Hash[T any] struct {
 	m    *Manager
 	name string
-	key  string // the Redis hash
-	gen  string // its generation, moved by Clear
-	ver  string // its field version, moved by every field invalidation
-	s    settings
-	st   *counters
-	err  error // an invalid name or option, returned by every call
+	hashKeys
+	s   settings
+	st  *counters
+	err error // an invalid name or option, returned by every call
 }
 
 // NewHash returns the Hash called name. Options set its TTL (for the hash
@@ -38,19 +35,13 @@ func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
 	if name == "" {
 		h.err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
 	}
-	h.key = m.hashBase(name)
-	h.gen = h.key + ":g"
-	h.ver = h.key + ":v"
+	h.hashKeys = m.hashKeys(name)
 	h.st = m.stats.get("hash:" + name)
 	return h
 }
 
 // Name returns the name the Hash was made with.
 func (h *Hash[T]) Name() string { return h.name }
-
-func (h *Hash[T]) ref(field string) entryRef {
-	return entryRef{key: h.key, field: field, lease: h.key + ":l:" + escape(field), gen: h.gen}
-}
 
 func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
 	if h.err != nil {
@@ -74,25 +65,11 @@ func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
-	v, _, state, err := h.read(ctx, field)
+	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), &v)
 	if err != nil {
 		return v, err
 	}
-	return v, h.m.count(h.st, state)
-}
-
-func (h *Hash[T]) read(ctx context.Context, field string) (T, envelope.Header, readState, error) {
-	var v T
-	s, err := h.m.rdb.HGet(ctx, h.key, field).Result()
-	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return v, envelope.Header{}, stateMiss, nil
-		}
-		h.st.add(EventRedisError, 1)
-		return v, envelope.Header{}, stateMiss, err
-	}
-	hdr, state := h.m.lookup(h.st, entryRef{key: h.key, field: field}, bytesOf(s), "", &v)
-	return v, hdr, state, nil
+	return v, countRead(h.st, state)
 }
 
 // Set stores v in field. A load of field in flight does not overwrite it.
@@ -121,25 +98,22 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
 		}
 		args = append(args, f, b)
-		ref := h.ref(f)
+		ref := h.ref(f).withLease()
 		leases = append(leases, ref.lease)
 		refs = append(refs, ref)
 	}
 	if len(items) == 0 {
 		return nil
 	}
-	if err := h.m.tagEntry(ctx, h.s.tags, h.s.tagTTL(), refs...); err != nil {
-		h.st.add(EventRedisError, 1)
+	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
 		return err
 	}
-	_, err := h.m.pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
 		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
 		p.HSet(ctx, h.key, args...)
 		h.expire(ctx, p, h.s.keep(ttl))
-		return nil
 	})
 	if err != nil {
-		h.st.add(EventRedisError, 1)
 		return err
 	}
 	h.st.add(EventSet, uint64(len(items)))
@@ -194,31 +168,22 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 	if err := h.check(ctx); err != nil {
 		return nil, err
 	}
-	raw, err := h.m.rdb.HGetAll(ctx, h.key).Result()
-	if err != nil {
-		h.st.add(EventRedisError, 1)
+	cmd := redis.NewMapStringStringCmd(ctx, "hgetall", h.key)
+	if err := h.m.do(ctx, h.st, cmd); err != nil {
 		return nil, err
 	}
+	raw := cmd.Val()
 	out := make(map[string]T, len(raw))
 	var bad FieldErrors
 	for f, s := range raw {
 		var v T
-		hdr, payload, err := envelope.Decode(bytesOf(s))
-		if err == nil && hdr.Flags&envelope.Negative != 0 {
-			continue
+		_, state, err := h.m.lookup(h.st, entryRef{kind: refField, key: h.key, field: f}, bytesOf(s), "", &v)
+		switch {
+		case err != nil:
+			bad = append(bad, err.(*DecodeError))
+		case state == stateHit:
+			out[f] = v
 		}
-		if err == nil {
-			err = h.m.decodePayload(hdr, payload, &v)
-		}
-		if err != nil {
-			h.st.add(EventDecodeError, 1)
-			bad = append(bad, &DecodeError{Key: h.key, Field: f, Err: err})
-			continue
-		}
-		if hdr.FreshUntil != 0 && h.m.now().UnixMilli() >= hdr.FreshUntil {
-			continue
-		}
-		out[f] = v
 	}
 	h.st.add(EventHit, uint64(len(out)))
 	if len(bad) > 0 {
@@ -259,25 +224,12 @@ func (h *Hash[T]) TTL(ctx context.Context) (time.Duration, error) {
 // GetOrLoad returns the value of field, loading it with load when it is
 // missing: once for all concurrent callers of the fleet (see GetOrLoad).
 func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
-	if err := h.check(ctx, field); err != nil {
+	e, err := h.entry(ctx, field, load != nil)
+	if err != nil {
 		var zero T
 		return zero, err
 	}
-	ref := h.ref(field)
-	lk := localKey(ref)
-	var e0 uint64
-	if h.m.local != nil {
-		if v, ok := localGet[T](h.m, h.st, lk); ok {
-			return v, nil
-		}
-		e0 = h.m.local.epoch.Load()
-	}
-	v, hdr, state, _ := h.read(ctx, field)
-	act := h.s.decide(h.m, h.st, hdr, state)
-	if !act.loads() {
-		return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, nil, nil)
-	}
-	return finishLocal(ctx, h.m, act, v, hdr, &h.s, e0, lk, h.m.spec(ref, &h.s, h.st), bind(load, field))
+	return readLoaded(ctx, h.m, &e, loader[string, T]{fn: load, arg: field})
 }
 
 // Refresh loads field anew with load and stores it over the old value,
@@ -286,20 +238,28 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 // invalidation of the field while it runs voids the store, as for
 // GetOrLoad.
 func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
-	var zero T
-	if err := h.check(ctx, field); err != nil {
+	e, err := h.entry(ctx, field, load != nil)
+	if err != nil {
+		var zero T
 		return zero, err
 	}
-	if load == nil {
-		return zero, fmt.Errorf("%w: nil loader", ErrInvalidOption)
-	}
-	sp := h.m.spec(h.ref(field), &h.s, h.st)
-	sp.force = true
-	v, err := loadEntry(ctx, h.m, sp, bind(load, field))
+	v, err := loadEntry(ctx, h.m, e, true, loader[string, T]{fn: load, arg: field})
 	if err == nil {
-		h.m.dropEverywhere(ctx, false, []string{localKey(sp.ref)})
+		h.m.dropEverywhere(ctx, false, []string{localKey(e.ref)})
 	}
 	return v, err
+}
+
+// entry checks the arguments of a loaded call on field, and returns its
+// entry.
+func (h *Hash[T]) entry(ctx context.Context, field string, hasLoader bool) (entry, error) {
+	if err := h.check(ctx, field); err != nil {
+		return entry{}, err
+	}
+	if !hasLoader {
+		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	return entry{ref: h.ref(field), s: h.s, st: h.st, tags: h.s.tags}, nil
 }
 
 // storeLoaded writes items, loaded after the hash's generation was gen and
@@ -322,7 +282,7 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver 
 		if err != nil {
 			return false, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
 		}
-		ref := h.ref(f)
+		ref := h.ref(f).withLease()
 		refs = append(refs, ref)
 		keys = append(keys, ref.lease)
 		args = append(args, f, b)
@@ -330,13 +290,11 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver 
 	if len(items) == 0 {
 		return true, nil
 	}
-	if err := h.m.tagEntry(ctx, h.s.tags, h.s.tagTTL(), refs...); err != nil {
-		h.st.add(EventRedisError, 1)
+	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
 		return false, err
 	}
-	n, err := scripts.StoreFields.Run(ctx, h.m.rdb, keys, args...).Int()
+	n, err := h.m.eval(ctx, h.st, scripts.StoreFields, keys, args...).Int()
 	if err != nil {
-		h.st.add(EventRedisError, 1)
 		return false, err
 	}
 	if n == 0 {
@@ -356,11 +314,11 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver 
 
 // versions returns the hash's generation and field version ("0" when unset).
 func (h *Hash[T]) versions(ctx context.Context) (gen, ver string, err error) {
-	vals, err := h.m.rdb.MGet(ctx, h.gen, h.ver).Result() // one slot
-	if err != nil {
-		h.st.add(EventRedisError, 1)
+	cmd := redis.NewSliceCmd(ctx, "mget", h.gen, h.ver) // one slot
+	if err := h.m.do(ctx, h.st, cmd); err != nil {
 		return "", "", err
 	}
+	vals := cmd.Val()
 	gen, ver = "0", "0"
 	if s, ok := vals[0].(string); ok {
 		gen = s
@@ -369,11 +327,6 @@ func (h *Hash[T]) versions(ctx context.Context) (gen, ver string, err error) {
 		ver = s
 	}
 	return gen, ver, nil
-}
-
-// bind returns fn bound to field.
-func bind[T any](fn func(context.Context, string) (T, error), field string) func(context.Context) (T, error) {
-	return func(ctx context.Context) (T, error) { return fn(ctx, field) }
 }
 
 // newGen returns a new generation for a container: a random number, so a

@@ -45,18 +45,20 @@ func (m *Manager) Inspect(ctx context.Context) (Report, error) {
 		r   Report
 		pat = globEscape(m.prefix) + "*"
 	)
-	err := m.forEachMaster(ctx, func(ctx context.Context, node redis.UniversalClient) error {
-		mem := usedMemory(node.Info(ctx, "memory").Val())
+	err := m.forEachMaster(ctx, func(ctx context.Context, nd node) error {
+		// A server that does not answer INFO memory (miniredis) reports 0.
+		info := redis.NewStringCmd(ctx, "info", "memory")
+		_ = send(ctx, nd.c, info)
+		mem := usedMemory(info.Val())
 		var n int64
 		var sample []string
-		iter := node.Scan(ctx, 0, pat, 1000).Iterator()
-		for iter.Next(ctx) {
+		err := nd.scan(ctx, m.kv, pat, func(k string) {
 			n++
 			if len(sample) < maxSampleKeys {
-				sample = append(sample, iter.Val())
+				sample = append(sample, k)
 			}
-		}
-		if err := iter.Err(); err != nil {
+		})
+		if err != nil {
 			return err
 		}
 		mu.Lock()

@@ -1,28 +1,38 @@
 package cache
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+	"time"
+)
 
-// The cache's keys. Each entry's key carries a Redis Cluster hash tag, the
-// part in braces, and the entry's metadata (its lease, its container's
-// generation) carries the same tag, so that the scripts that read and write
-// them together touch one hash slot:
+// The cache's keys, every one of them built and parsed in this file.
 //
-//	prefix:{k:key}            a plain key's value
-//	prefix:{k:key}:l          its load lease
-//	prefix:{h:name}           a hash
-//	prefix:{h:name}:l:field   a field's load lease
-//	prefix:{h:name}:g         the hash's generation
-//	prefix:{h:name}:v         its field version, moved by field invalidations
-//	prefix:{m:name}:e:arg     a memoized result
-//	prefix:{m:name}:l:arg     its load lease
-//	prefix:{m:name}:g         the memo's generation
-//	prefix:{t:tag}            a tag: a sorted set of the entries carrying it
-//	prefix:{lock:name}        a distributed lock, holding its owner's token
-//	prefix:{lock:name}:fence  its fencing counter, which never expires
-//	prefix:{warm}:period:I:N  the claim of warming period N of interval I ms
+// Each entry's key carries a Redis Cluster hash tag, the part in braces, and
+// the entry's metadata (its lease, its container's generation) carries the
+// same tag, so that the scripts that read and write them together touch one
+// hash slot. P is Options.Prefix followed by a colon:
 //
-// Names, keys and fields have '%' and '}' escaped, so the first '}' is always
-// the tag's end and two different names never give one key.
+//	P{k:KEY}                 a plain key's value
+//	P{k:KEY}:l               its load lease
+//	P{h:NAME}                a hash, one field per entry
+//	P{h:NAME}:l:FIELD        a field's load lease
+//	P{h:NAME}:g              the hash's generation, moved by AllFields
+//	P{h:NAME}:v              its field version, moved by every Field target
+//	P{m:NAME}:e:ARG          a memoized result (ARG: see argKey)
+//	P{m:NAME}:l:ARG          its load lease
+//	P{m:NAME}:g              the memo's generation, moved by All (ForgetAll)
+//	P{t:TAG}                 a tag: a sorted set of the entries carrying it
+//	P{t:TAG}:x:RANDOM        a tag's set renamed away by an invalidation
+//	P{lock:NAME}             a distributed lock, holding its owner's token
+//	P{lock:NAME}:fence       its fencing counter, which never expires
+//	P{warm}:period:I:N       the claim of warming period N of interval I ms
+//	P{local}:invalidate      the local tier's pub/sub channel
+//
+// KEY, NAME, FIELD and TAG have '%' and '}' escaped (as %25 and %7D), so the
+// first '}' is always the tag's end and two different names never give one
+// key. Keys the application keeps itself (Manager.Key) are P followed by
+// its own name: names that do not start with '{' never meet the cache's.
 
 // escape escapes '%' and '}' in s.
 func escape(s string) string {
@@ -34,12 +44,65 @@ func escape(s string) string {
 
 var escaper = strings.NewReplacer("%", "%25", "}", "%7D")
 
+// Suffixes of the metadata keys, after an entry's or a container's key.
+const (
+	leaseSuffix      = ":l"  // a plain key's lease
+	fieldLeaseSuffix = ":l:" // a hash field's lease, before the field
+	genSuffix        = ":g"  // a container's generation
+	versionSuffix    = ":v"  // a hash's field version
+	memoEntryInfix   = ":e:" // between a memo's base and an argument
+	memoLeaseInfix   = ":l:" // between a memo's base and an argument
+	fenceSuffix      = ":fence"
+	takenTagInfix    = ":x:"
+)
+
+// refKind says which kind of entry an entryRef names.
+type refKind uint8
+
+const (
+	refKey   refKind = iota // a plain key's string entry
+	refField                // a field of a Hash
+	refMemo                 // a Memo's string entry, read with its generation
+)
+
 // entryRef locates one entry in Redis.
 type entryRef struct {
+	kind  refKind
 	key   string // the string key, or the hash holding the field
 	field string // the hash field; "" for a string entry
-	lease string // the load lease, in key's slot
 	gen   string // the container's generation, in key's slot; "" for none
+	// genArg is gen as a command argument, boxed once per memo rather than
+	// on every read.
+	genArg any
+	// lease is the load lease, in key's slot. It is made only when it is
+	// needed, by withLease, to keep it off the path of a hit.
+	lease string
+	// arg is where a memo entry's argument starts in key.
+	arg int
+}
+
+// withLease returns r with its lease key set.
+func (r entryRef) withLease() entryRef {
+	if r.lease != "" {
+		return r
+	}
+	switch r.kind {
+	case refKey:
+		r.lease = r.key + leaseSuffix
+	case refField:
+		r.lease = r.key + fieldLeaseSuffix + escape(r.field)
+	case refMemo:
+		r.lease = r.key[:r.arg-len(memoEntryInfix)] + memoLeaseInfix + r.key[r.arg:]
+	}
+	return r
+}
+
+// localKey is the local tier's key of an entry.
+func localKey(r entryRef) string {
+	if r.kind != refField {
+		return r.key
+	}
+	return r.key + "\x00" + r.field
 }
 
 // entryKey returns the Redis key of a plain key's value.
@@ -49,18 +112,151 @@ func (m *Manager) entryKey(key string) string {
 
 // keyRef returns where a plain key's entry lives.
 func (m *Manager) keyRef(key string) entryRef {
-	return withLease(m.entryKey(key))
+	return entryRef{kind: refKey, key: m.entryKey(key)}
 }
 
-// withLease returns the ref of the string entry k.
-func withLease(k string) entryRef {
-	return entryRef{key: k, lease: k + ":l"}
+// keyPrefix returns the start that the entry and lease keys of every plain
+// key starting with p share.
+func (m *Manager) keyPrefix(p string) string {
+	return m.prefix + "{k:" + escape(p)
 }
 
-func (m *Manager) hashBase(name string) string {
-	return m.prefix + "{h:" + escape(name) + "}"
+// keyScanPattern returns the SCAN pattern of the entry and lease keys of
+// every plain key starting with p.
+func (m *Manager) keyScanPattern(p string) string {
+	return globEscape(m.keyPrefix(p)) + "*"
 }
 
-func (m *Manager) memoBase(name string) string {
-	return m.prefix + "{m:" + escape(name) + "}"
+// scannedKeyRef returns the ref of the plain key whose entry or lease key
+// SCAN found as k (a lease alone is a load in flight), and false for
+// anything else.
+func scannedKeyRef(k string) (entryRef, bool) {
+	k = strings.TrimSuffix(k, leaseSuffix)
+	if !strings.HasSuffix(k, "}") {
+		return entryRef{}, false
+	}
+	return entryRef{kind: refKey, key: k}.withLease(), true
+}
+
+// globEscape escapes the characters Redis's glob patterns give a meaning.
+func globEscape(s string) string {
+	if !strings.ContainsAny(s, `*?[]\^`) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// hashKeys are the keys of a Hash.
+type hashKeys struct {
+	key string // the hash
+	gen string // its generation
+	ver string // its field version
+}
+
+func (m *Manager) hashKeys(name string) hashKeys {
+	k := m.prefix + "{h:" + escape(name) + "}"
+	return hashKeys{key: k, gen: k + genSuffix, ver: k + versionSuffix}
+}
+
+// ref returns where the field of the hash lives.
+func (k hashKeys) ref(field string) entryRef {
+	return entryRef{kind: refField, key: k.key, field: field, gen: k.gen}
+}
+
+// versionOf returns the field version key of the hash whose key is hash.
+func versionOf(hash string) string { return hash + versionSuffix }
+
+// memoKeys are the keys of a Memo.
+type memoKeys struct {
+	base   string // P{m:NAME}, the start of every key of the memo
+	gen    string // its generation
+	genArg any    // gen, boxed once
+}
+
+func (m *Manager) memoKeys(name string) memoKeys {
+	b := m.prefix + "{m:" + escape(name) + "}"
+	return memoKeys{base: b, gen: b + genSuffix, genArg: b + genSuffix}
+}
+
+// entryPrefix is the start of every entry key of the memo, before the
+// argument's text.
+func (k memoKeys) entryPrefix() string { return k.base + memoEntryInfix }
+
+// entryRef returns the ref of the memo entry whose key is key, made by
+// argKey from entryPrefix.
+func (k memoKeys) entryRef(key string) entryRef {
+	return entryRef{kind: refMemo, key: key, gen: k.gen, genArg: k.genArg, arg: len(k.base) + len(memoEntryInfix)}
+}
+
+// tagKey returns the key of the tag's set.
+func (m *Manager) tagKey(tag string) string {
+	return m.prefix + "{t:" + escape(tag) + "}"
+}
+
+// takenTagKey returns the key a tag's set is renamed to by an
+// invalidation, suffix being that invalidation's random part.
+func takenTagKey(tagKey, suffix string) string {
+	return tagKey + takenTagInfix + suffix
+}
+
+// tagMember returns the member that names ref in a tag's set: the lengths
+// and texts of its lease and key, then its field.
+func tagMember(ref entryRef) string {
+	var b strings.Builder
+	for _, s := range []string{ref.lease, ref.key} {
+		b.WriteString(strconv.Itoa(len(s)))
+		b.WriteByte(':')
+		b.WriteString(s)
+	}
+	b.WriteString(ref.field)
+	return b.String()
+}
+
+// parseTagMember is the inverse of tagMember.
+func parseTagMember(s string) (entryRef, bool) {
+	var parts [2]string
+	for i := range parts {
+		j := strings.IndexByte(s, ':')
+		if j <= 0 {
+			return entryRef{}, false
+		}
+		n, err := strconv.Atoi(s[:j])
+		if err != nil || n < 0 || n > len(s)-j-1 {
+			return entryRef{}, false
+		}
+		parts[i] = s[j+1 : j+1+n]
+		s = s[j+1+n:]
+	}
+	kind := refKey
+	if s != "" {
+		kind = refField
+	}
+	return entryRef{kind: kind, lease: parts[0], key: parts[1], field: s}, true
+}
+
+// lockKey returns the key of the lock name; its fence counter's key is
+// fenceKey(lockKey(name)), in the same hash slot.
+func (m *Manager) lockKey(name string) string {
+	return m.prefix + "{lock:" + escape(name) + "}"
+}
+
+// fenceKey returns the fence counter's key of the lock whose key is lock.
+func fenceKey(lock string) string { return lock + fenceSuffix }
+
+// warmPeriodKey returns the key that claims period n of a WarmEvery of
+// interval every. Claims share the hash tag {warm}; each is used alone.
+func (m *Manager) warmPeriodKey(every time.Duration, n int64) string {
+	return m.prefix + "{warm}:period:" + strconv.FormatInt(every.Milliseconds(), 10) + ":" + strconv.FormatInt(n, 10)
+}
+
+// localChannel returns the pub/sub channel of the local tier's drops.
+func (m *Manager) localChannel() string {
+	return m.prefix + "{local}:invalidate"
 }

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -30,23 +29,79 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	if err != nil {
 		return err
 	}
-	ref := m.keyRef(key)
-	if err := m.tagEntry(ctx, s.tags, s.tagTTL(), ref); err != nil {
-		m.kv.add(EventRedisError, 1)
+	ref := m.keyRef(key).withLease()
+	if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), ref); err != nil {
 		return err
 	}
-	_, err = m.pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, s.keep(ttl))
-		return nil
 	})
 	if err != nil {
-		m.kv.add(EventRedisError, 1)
 		return err
 	}
 	m.kv.add(EventSet, 1)
 	m.dropEverywhere(ctx, false, []string{ref.key})
 	return nil
+}
+
+// GetOrLoad returns the value of key, loading it with load when it is
+// missing, and storing it for the TTL opts give.
+//
+// However many callers miss key at once, in one process or across many,
+// load runs once: callers in a process share one call, and processes take
+// turns through a lease in Redis, the others waiting for the value (see
+// Options.LeaseTTL). Each caller returns as soon as its own ctx ends; the
+// load goes on for the others, under a context that keeps ctx's values but
+// not its deadline, and ends on Close.
+//
+// A load whose key is invalidated before it is stored is not stored (it
+// would be stale) and runs again. A load that returns ErrNotFound is
+// remembered for Options.NegativeTTL; other errors are returned to every
+// caller waiting on that load and not remembered; a panic in load becomes a
+// *PanicError for every caller. When Redis fails, the caller still gets the
+// loader's value.
+func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
+	e, err := m.keyEntry(ctx, key, load != nil, opts)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return readLoaded(ctx, m, &e, loader[struct{}, T]{f0: load})
+}
+
+// Refresh loads key anew with load and stores it over the old value, which
+// readers keep getting until then: there is no moment at which they miss.
+// Concurrent refreshes of key share one load, and an invalidation of key
+// while it runs voids the store, as for GetOrLoad. Use it, rather than Set,
+// to warm a key from its source.
+func Refresh[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
+	e, err := m.keyEntry(ctx, key, load != nil, opts)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v, err := loadEntry(ctx, m, e, true, loader[struct{}, T]{f0: load})
+	if err == nil {
+		m.dropEverywhere(ctx, false, []string{e.ref.key})
+	}
+	return v, err
+}
+
+// keyEntry checks the arguments of a loaded call (GetOrLoad, Refresh) on
+// key, and returns its entry.
+func (m *Manager) keyEntry(ctx context.Context, key string, hasLoader bool, opts []Option) (entry, error) {
+	if err := m.check(ctx); err != nil {
+		return entry{}, err
+	}
+	if key == "" {
+		return entry{}, fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if !hasLoader {
+		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
+	}
+	s := m.settle(opts)
+	return entry{ref: m.keyRef(key), s: s, st: m.kv, tags: s.tags}, s.err
 }
 
 // Get decodes the value of key into dst, a pointer. It returns ErrMiss when
@@ -59,22 +114,15 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	k := m.entryKey(key)
-	s, err := m.rdb.Get(ctx, k).Result()
+	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), dst)
 	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			m.kv.add(EventMiss, 1)
-			return ErrMiss
-		}
-		m.kv.add(EventRedisError, 1)
 		return err
 	}
-	_, state := m.lookup(m.kv, entryRef{key: k}, bytesOf(s), "", dst)
-	return m.count(m.kv, state)
+	return countRead(m.kv, state)
 }
 
-// count counts a plain read's state and returns its error.
-func (m *Manager) count(st *counters, state readState) error {
+// countRead counts a plain read's state and returns its error.
+func countRead(st *counters, state readState) error {
 	switch state {
 	case stateHit:
 		st.add(EventHit, 1)
@@ -105,15 +153,15 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 			return nil, fmt.Errorf("%w: empty key", ErrInvalidKey)
 		}
 	}
+	refs := make([]entryRef, len(keys))
 	cmds := make([]*redis.StringCmd, len(keys))
-	_, err := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		for i, k := range keys {
-			cmds[i] = p.Get(ctx, m.entryKey(k))
+			refs[i] = m.keyRef(k)
+			cmds[i] = p.Get(ctx, refs[i].key)
 		}
-		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		m.kv.add(EventRedisError, 1)
+	if err != nil {
 		return nil, err
 	}
 	out := make(map[string]T, len(keys))
@@ -124,8 +172,8 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 			continue
 		}
 		var v T
-		_, state := m.lookup(m.kv, entryRef{key: m.entryKey(keys[i])}, bytesOf(s), "", &v)
-		if m.count(m.kv, state) == nil {
+		_, state, _ := m.lookup(m.kv, refs[i], bytesOf(s), "", &v)
+		if countRead(m.kv, state) == nil {
 			out[keys[i]] = v
 		}
 	}
@@ -159,27 +207,24 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		if err != nil {
 			return fmt.Errorf("cache: key %q: %w", k, err)
 		}
-		writes = append(writes, write{m.keyRef(k), b, s.keep(ttl)})
+		writes = append(writes, write{m.keyRef(k).withLease(), b, s.keep(ttl)})
 	}
 	if len(s.tags) > 0 {
 		refs := make([]entryRef, len(writes))
 		for i, w := range writes {
 			refs[i] = w.ref
 		}
-		if err := m.tagEntry(ctx, s.tags, s.tagTTL(), refs...); err != nil {
-			m.kv.add(EventRedisError, 1)
+		if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), refs...); err != nil {
 			return err
 		}
 	}
-	_, err := m.pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		for _, w := range writes {
 			p.Del(ctx, w.ref.lease)
 			p.Set(ctx, w.ref.key, w.b, w.ttl)
 		}
-		return nil
 	})
 	if err != nil {
-		m.kv.add(EventRedisError, 1)
 		return err
 	}
 	m.kv.add(EventSet, uint64(len(writes)))

@@ -273,19 +273,19 @@ func TestKeysAreDistinct(t *testing.T) {
 		seen[key] = what
 	}
 	for _, k := range []string{"a", "a}", "a}:l", "a%7D", "%", "}", "{", "a:l"} {
-		r := m.keyRef(k)
+		r := m.keyRef(k).withLease()
 		add("key "+k, r.key)
 		add("lease of key "+k, r.lease)
 		h := NewHash[int](m, k)
 		add("hash "+k, h.key)
 		add("gen of hash "+k, h.gen)
 		for _, f := range []string{"f", "f}", "}"} {
-			add("lease of hash "+k+" field "+f, h.ref(f).lease)
+			add("lease of hash "+k+" field "+f, h.ref(f).withLease().lease)
 		}
 	}
 	// Each key and its lease hash to one slot: the tag ends at our brace.
 	for _, k := range []string{"a}b", "}", "x{y}z"} {
-		r := m.keyRef(k)
+		r := m.keyRef(k).withLease()
 		assert.Equal(t, hashTag(r.key), hashTag(r.lease), k)
 	}
 }

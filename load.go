@@ -82,19 +82,22 @@ func (g *flightGroup) finish(key string, f *flight, val any, at time.Time, err e
 	close(f.done)
 }
 
-// detach makes the flights in progress unreachable for new callers; those
-// already waiting keep waiting.
-func (g *flightGroup) detach(keys ...string) {
+// detach makes the flights of the leases keys unreachable for new callers;
+// those already waiting keep waiting.
+func (g *flightGroup) detach(keys []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if keys == nil {
-		g.m = make(map[string]*flight)
-		return
-	}
 	for _, k := range keys {
 		delete(g.m, k)
 		delete(g.m, forcedPrefix+k)
 	}
+}
+
+// detachAll detaches every flight in progress.
+func (g *flightGroup) detachAll() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.m = make(map[string]*flight)
 }
 
 // detachPrefix detaches the flights whose lease key starts with prefix.
@@ -118,33 +121,23 @@ const maxLeasePoll = 16 * time.Millisecond
 // began before it was asked for.
 const forcedPrefix = "!"
 
-// loadSpec says what to load and how to store it.
-type loadSpec struct {
-	st     *counters
-	ref    entryRef
-	ttl    time.Duration // 0 for no expiry
-	stale  time.Duration // how long past ttl Redis keeps the entry (StaleFor)
-	negTTL time.Duration
-	force  bool // load even when a fresh value is there (Refresh)
-	tags   []string
-	tagTTL time.Duration // how long the tags remember the entry; 0 for ever
-}
-
 // tagMargin is how long a load's tags remember its entry when recorded
 // before the load: its TTL plus a lease's time for the load itself.
-func (sp *loadSpec) tagMargin(m *Manager) time.Duration {
-	if sp.tagTTL == 0 {
+func (m *Manager) tagMargin(e *entry) time.Duration {
+	ttl := e.s.tagTTL()
+	if ttl == 0 {
 		return 0
 	}
-	return sp.tagTTL + m.opts.LeaseTTL
+	return ttl + m.opts.LeaseTTL
 }
 
-// loadEntry returns the entry of sp, loading it with fn when it is missing
-// (or always, with sp.force), shared as described above.
-func loadEntry[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
+// loadEntry returns e's value, loading it with l when it is missing (or
+// always, when force is set), shared as described above.
+func loadEntry[A, T any](ctx context.Context, m *Manager, e entry, force bool, l loader[A, T]) (T, error) {
 	var zero T
-	fkey := sp.ref.lease
-	if sp.force {
+	e.ref = e.ref.withLease()
+	fkey := e.ref.lease
+	if force {
 		fkey = forcedPrefix + fkey
 	}
 	for {
@@ -157,14 +150,14 @@ func loadEntry[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(con
 				defer cancel()
 				stop := context.AfterFunc(m.life, cancel)
 				defer stop()
-				v, at, err := runLoad(lctx, m, sp, fn)
+				v, at, err := runLoad(lctx, m, &e, force, l)
 				m.flights.finish(fkey, f, v, at, err)
 			})
 			if !started {
 				m.flights.finish(fkey, f, zero, time.Time{}, ErrClosed)
 			}
 		} else {
-			sp.st.add(EventSharedWait, 1)
+			e.st.add(EventSharedWait, 1)
 		}
 		select {
 		case <-f.done:
@@ -194,7 +187,10 @@ const (
 	valuePresent = 2
 )
 
-func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take bool) (acquired, error) {
+// acquire reads e's entry and takes its lease with token, unless a value is
+// there and take is false.
+func (m *Manager) acquire(ctx context.Context, e *entry, token string, take bool) (acquired, error) {
+	ref := &e.ref
 	keys := []string{ref.key, ref.lease}
 	if ref.gen != "" {
 		keys = append(keys, ref.gen)
@@ -203,7 +199,7 @@ func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take 
 	if take {
 		flag = "1"
 	}
-	res, err := scripts.Acquire.Run(ctx, m.rdb, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag).Slice()
+	res, err := m.eval(ctx, e.st, scripts.Acquire, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag).Slice()
 	if err != nil {
 		return acquired{}, err
 	}
@@ -222,53 +218,41 @@ func (m *Manager) acquire(ctx context.Context, ref entryRef, token string, take 
 // runLoad is a flight's work: find the value, or take the lease and load it.
 // It returns the value with the time the Redis call that found or stored it
 // began (see flight.at).
-func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error)) (v T, at time.Time, err error) {
+func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l loader[A, T]) (v T, at time.Time, err error) {
 	var zero T
 	token := newToken()
 	start := m.now().UnixMilli()
-	take := sp.force
+	take := force
 	waited := false
 	backoff := time.Millisecond
 	// Tags are recorded before the lease is taken: an invalidation of a tag
 	// that does not see this record ran before the load began.
-	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
+	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
 		if ctx.Err() != nil {
 			return zero, time.Time{}, ctx.Err()
 		}
-		sp.st.add(EventRedisError, 1)
-		sp.st.add(EventDegraded, 1)
-		return loadDegraded(ctx, sp, fn, err)
+		e.st.add(EventDegraded, 1)
+		return loadDegraded(ctx, e, l, err)
 	}
 	tagged := time.Now()
-	var refused time.Time // when acquire was first refused by a slot migration
-	var pause time.Duration
 	for {
 		asked := time.Now()
-		a, err := m.acquire(ctx, sp.ref, token, take)
+		a, err := m.acquire(ctx, e, token, take)
 		if err != nil {
 			if ctx.Err() != nil {
 				return zero, time.Time{}, ctx.Err()
 			}
-			if slotMoving(err) {
-				if refused.IsZero() {
-					refused = asked
-				}
-				if slotBackoff(ctx, refused, &pause) {
-					continue
-				}
-			}
 			// Redis is failing: the caller still gets the loader's value,
 			// which is not stored.
-			sp.st.add(EventRedisError, 1)
-			sp.st.add(EventDegraded, 1)
-			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", sp.ref.key, "field", sp.ref.field, "err", err)
-			return loadDegraded(ctx, sp, fn, err)
+			e.st.add(EventDegraded, 1)
+			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", e.ref.key, "field", e.ref.field, "err", err)
+			return loadDegraded(ctx, e, l, err)
 		}
 		if a.value != nil && a.status != leaseTaken {
 			// A value is there: take it if it is usable.
 			var v T
-			h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v)
-			if !sp.force || h.WrittenAt >= start {
+			h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v)
+			if !force || h.WrittenAt >= start {
 				switch state {
 				case stateHit:
 					return v, asked, nil
@@ -284,7 +268,7 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 		if a.status == leaseBusy {
 			if !waited {
 				waited = true
-				sp.st.add(EventLeaseWait, 1)
+				e.st.add(EventLeaseWait, 1)
 			}
 			if err := sleep(ctx, backoff); err != nil {
 				return zero, time.Time{}, err
@@ -295,15 +279,13 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 
 		// The lease is ours.
 		began := time.Now()
-		v, storedAt, voided, err := loadAndStore(ctx, m, sp, fn, token, a.gen)
-		if !storedAt.IsZero() && len(sp.tags) > 0 && sp.tagTTL > 0 && time.Since(tagged) > m.opts.LeaseTTL {
+		v, storedAt, voided, err := loadAndStore(ctx, m, e, l, token, a.gen)
+		if ttl := e.s.tagTTL(); !storedAt.IsZero() && len(e.tags) > 0 && ttl > 0 && time.Since(tagged) > m.opts.LeaseTTL {
 			// The load outlived the margin the tags were recorded with.
-			if err := m.tagEntry(ctx, sp.tags, sp.tagTTL, sp.ref); err != nil {
-				sp.st.add(EventRedisError, 1)
-			}
+			_ = m.tagEntry(ctx, e.st, e.tags, ttl, e.ref)
 		}
 		if voided {
-			sp.st.add(EventVoidedStore, 1)
+			e.st.add(EventVoidedStore, 1)
 			return v, began, err
 		}
 		return v, storedAt, err
@@ -314,17 +296,17 @@ func runLoad[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(conte
 // its result. It returns when the store call began (zero when nothing was
 // stored: an error, or Redis failing), and whether an invalidation voided
 // the store; the loaded value is returned all the same.
-func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), token, gen string) (T, time.Time, bool, error) {
+func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], token, gen string) (T, time.Time, bool, error) {
 	var zero T
-	stopRenew := m.keepLease(ctx, sp.ref.lease, token)
-	v, took, err := callLoader(ctx, sp.st, fn)
+	stopRenew := m.keepLease(ctx, e, token)
+	v, took, err := callLoader(ctx, e.st, l)
 	stopRenew()
 	now := m.now()
 	var b []byte
-	ttl := sp.ttl
+	ttl := e.s.expiry()
 	switch {
 	case errors.Is(err, ErrNotFound):
-		ttl = sp.negTTL
+		ttl = m.opts.NegativeTTL
 		b = m.negative(now, ttl, parseGen(gen))
 		err = ErrNotFound
 	case err == nil:
@@ -336,47 +318,28 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 		})
 	}
 	if b == nil {
-		m.release(sp.ref.lease, token)
+		m.release(e.st, e.ref.lease, token)
 		return zero, time.Time{}, false, err
 	}
-	keys := []string{sp.ref.key, sp.ref.lease}
-	if sp.ref.gen != "" {
-		keys = append(keys, sp.ref.gen)
+	keys := []string{e.ref.key, e.ref.lease}
+	if e.ref.gen != "" {
+		keys = append(keys, e.ref.gen)
 	}
 	keep := ttl
 	if keep > 0 && !errors.Is(err, ErrNotFound) {
-		keep += sp.stale
+		keep += e.s.staleFor
 	}
-	var (
-		storeAt time.Time
-		n       int
-		serr    error
-		refused time.Time // when the store was first refused by a slot migration
-		pause   time.Duration
-	)
-	for {
-		storeAt = time.Now()
-		n, serr = scripts.Store.Run(ctx, m.rdb, keys, sp.ref.field, token, gen, b, keep.Milliseconds()).Int()
-		if !slotMoving(serr) {
-			break
-		}
-		if refused.IsZero() {
-			refused = storeAt
-		}
-		if !slotBackoff(ctx, refused, &pause) {
-			break
-		}
-	}
+	storeAt := time.Now()
+	n, serr := m.eval(ctx, e.st, scripts.Store, keys, e.ref.field, token, gen, b, keep.Milliseconds()).Int()
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
-		sp.st.add(EventRedisError, 1)
-		m.log.Warn("cache: storing a loaded value failed", "key", sp.ref.key, "field", sp.ref.field, "err", serr)
+		m.log.Warn("cache: storing a loaded value failed", "key", e.ref.key, "field", e.ref.field, "err", serr)
 		return v, time.Time{}, false, err
 	case n == 0:
 		return v, time.Time{}, true, err
 	}
-	sp.st.add(EventSet, 1)
+	e.st.add(EventSet, 1)
 	return v, storeAt, false, err
 }
 
@@ -388,17 +351,17 @@ func loadAndStore[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(
 // is up for other processes, whose invalidations this process does not
 // see: as for a voided store, only the callers that joined before the load
 // began take the value.
-func loadDegraded[T any](ctx context.Context, sp *loadSpec, fn func(context.Context) (T, error), cause error) (T, time.Time, error) {
+func loadDegraded[A, T any](ctx context.Context, e *entry, l loader[A, T], cause error) (T, time.Time, error) {
 	began := time.Now()
-	v, _, err := callLoader(ctx, sp.st, fn)
+	v, _, err := callLoader(ctx, e.st, l)
 	if unreachable(cause) {
 		return v, time.Time{}, err
 	}
 	return v, began, err
 }
 
-// callLoader runs fn, turning a panic into a *PanicError, and counts it.
-func callLoader[T any](ctx context.Context, st *counters, fn func(context.Context) (T, error)) (v T, took time.Duration, err error) {
+// callLoader runs l, turning a panic into a *PanicError, and counts it.
+func callLoader[A, T any](ctx context.Context, st *counters, l loader[A, T]) (v T, took time.Duration, err error) {
 	st.loading()
 	start := time.Now()
 	defer func() {
@@ -411,19 +374,17 @@ func callLoader[T any](ctx context.Context, st *counters, fn func(context.Contex
 			st.add(EventLoadError, 1)
 		}
 	}()
-	v, err = fn(ctx)
+	v, err = l.call(ctx)
 	return v, 0, err
 }
 
-// keepLease renews the lease held with token every LeaseTTL/3 until the
+// keepLease renews e's lease, held with token, every LeaseTTL/3 until the
 // returned function is called; that function waits for the renewals to stop.
-func (m *Manager) keepLease(ctx context.Context, lease, token string) func() {
+func (m *Manager) keepLease(ctx context.Context, e *entry, token string) func() {
 	every := m.opts.LeaseTTL / 3
 	done := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
@@ -433,13 +394,13 @@ func (m *Manager) keepLease(ctx context.Context, lease, token string) func() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				n, err := scripts.Renew.Run(ctx, m.rdb, []string{lease}, token, m.opts.LeaseTTL.Milliseconds()).Int()
+				n, err := m.eval(ctx, e.st, scripts.Renew, []string{e.ref.lease}, token, m.opts.LeaseTTL.Milliseconds()).Int()
 				if err == nil && n == 0 {
 					return // voided: the store will be refused
 				}
 			}
 		}
-	}()
+	})
 	return func() {
 		close(done)
 		wg.Wait()
@@ -451,10 +412,10 @@ func newToken() string { return rand.Text() }
 
 // release gives up the lease held with token, on a context of its own: it
 // also runs when the load's context has ended.
-func (m *Manager) release(lease, token string) {
+func (m *Manager) release(st *counters, lease, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := scripts.Release.Run(ctx, m.rdb, []string{lease}, token).Err(); err != nil {
+	if err := m.eval(ctx, st, scripts.Release, []string{lease}, token).Err(); err != nil {
 		m.log.Warn("cache: releasing a lease failed; it expires on its own", "lease", lease, "err", err)
 	}
 }

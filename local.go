@@ -112,14 +112,6 @@ func (m *Manager) localPut(key string, v any, freshUntil int64, e0 uint64) {
 	}
 }
 
-// localKey is the local tier's key of an entry.
-func localKey(ref entryRef) string {
-	if ref.field == "" {
-		return ref.key
-	}
-	return ref.key + "\x00" + ref.field
-}
-
 // drop removes the local copies of keys (all of them when all) in this
 // process.
 func (t *localTier) drop(all bool, keys []string) {
@@ -142,7 +134,8 @@ func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) {
 		return
 	}
 	m.local.drop(all, keys)
-	if err := m.rdb.Publish(context.WithoutCancel(ctx), m.local.channel, encodeDrop(m.local.id, all, keys)).Err(); err != nil {
+	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
+	if err := m.do(context.WithoutCancel(ctx), m.kv, cmd); err != nil {
 		m.log.Warn("cache: publishing a local-tier invalidation failed; other instances keep their copies until the local TTL", "err", err)
 		return
 	}
@@ -209,7 +202,7 @@ func (m *Manager) subscribe() {
 		if err != nil {
 			// Messages may be lost while the subscription is down.
 			t.drop(true, nil)
-			m.flights.detach()
+			m.flights.detachAll()
 			if sleep(m.life, backoff) != nil {
 				return
 			}
@@ -233,7 +226,7 @@ func (m *Manager) subscribe() {
 			}
 			t.received.Add(1)
 			t.drop(all, keys)
-			m.flights.detach()
+			m.flights.detachAll()
 		}
 	}
 }

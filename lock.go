@@ -97,7 +97,7 @@ func (l *Lock) TTL(ctx context.Context) (time.Duration, error) {
 // milliseconds, with 0 it only reads it. It returns the lease's remaining
 // milliseconds.
 func (l *Lock) refresh(ctx context.Context, ms int64) (int64, error) {
-	n, err := scripts.LockRefresh.Run(ctx, l.m.rdb, l.keys[:1], l.token, ms).Int64()
+	n, err := l.m.eval(ctx, l.m.locks, scripts.LockRefresh, l.keys[:1], l.token, ms).Int64()
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("cache: lock %q: %w", l.name, err)
@@ -117,7 +117,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n, err := scripts.LockRelease.Run(ctx, l.m.rdb, l.keys[:1], l.token).Int64()
+	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, l.keys[:1], l.token).Int64()
 	switch {
 	case err != nil:
 		return fmt.Errorf("cache: lock %q: %w", l.name, err)
@@ -405,31 +405,16 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 	if s.err != nil {
 		return nil, time.Time{}, s.err
 	}
-	// One string for both keys: the lock key is the fence key without its
-	// suffix.
-	fenceKey := m.lockKey(name) + fenceSuffix
-	key := fenceKey[:len(fenceKey)-len(fenceSuffix)]
-	l := &Lock{m: m, name: name, keys: []string{key, fenceKey}, token: rand.Text()}
+	key := m.lockKey(name)
+	l := &Lock{m: m, name: name, keys: []string{key, fenceKey(key)}, token: rand.Text()}
 	ms := ttl.Milliseconds()
 	var timer *time.Timer
-	var refused time.Time // when an attempt was first refused by a slot migration
-	var pause time.Duration
 	for n := 1; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return nil, time.Time{}, errors.Join(ErrNotObtained, err)
 		}
 		sent := time.Now()
-		fence, err := scripts.LockObtain.Run(ctx, m.rdb, l.keys, l.token, ms).Int64()
-		if slotMoving(err) {
-			// Refused without running: not an attempt.
-			if refused.IsZero() {
-				refused = sent
-			}
-			if slotBackoff(ctx, refused, &pause) {
-				n--
-				continue
-			}
-		}
+		fence, err := m.eval(ctx, m.locks, scripts.LockObtain, l.keys, l.token, ms).Int64()
 		if err != nil {
 			var reply redis.Error
 			if !errors.As(err, &reply) {
@@ -477,17 +462,9 @@ func (m *Manager) abandon(l *Lock) {
 	m.goBackground(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lockReleaseTimeout)
 		defer cancel()
-		_ = scripts.LockRelease.Run(ctx, m.rdb, l.keys[:1], l.token).Err()
+		_ = m.eval(ctx, m.locks, scripts.Release, l.keys[:1], l.token).Err()
 	})
 }
-
-// lockKey returns the Redis key of the lock name; its fence counter's key
-// is the same with fenceSuffix after it, in the same hash slot.
-func (m *Manager) lockKey(name string) string {
-	return m.prefix + "{lock:" + escape(name) + "}"
-}
-
-const fenceSuffix = ":fence"
 
 // lockReleaseTimeout bounds the releases that run on a context of their own.
 const lockReleaseTimeout = time.Second

@@ -480,20 +480,20 @@ func lockFaultyClient(t *testing.T, b *testredis.Backend) (redis.UniversalClient
 }
 
 // set makes the calls of s fail with errLockFault before they reach Redis.
-func (f *lockFaults) set(s *redis.Script, failing bool) {
+func (f *lockFaults) set(s *scripts.Script, failing bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail[s.Hash()] = failing
 }
 
 // loseReply makes the calls of s run on Redis but fail with errLockFault.
-func (f *lockFaults) loseReply(s *redis.Script, losing bool) {
+func (f *lockFaults) loseReply(s *scripts.Script, losing bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lose[s.Hash()] = losing
 }
 
-func (f *lockFaults) calls(s *redis.Script) int {
+func (f *lockFaults) calls(s *scripts.Script) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.n[s.Hash()]

@@ -113,7 +113,7 @@ func TestLoaderPanic(t *testing.T) {
 			assert.Equal(t, "oven on fire", pe.Value)
 			assert.Contains(t, string(pe.Stack), "TestLoaderPanic")
 		}
-		n, err := m.Client().Exists(ctx, m.keyRef("k").key, m.keyRef("k").lease).Result()
+		n, err := m.Client().Exists(ctx, m.keyRef("k").key, m.keyRef("k").withLease().lease).Result()
 		require.NoError(t, err)
 		assert.Zero(t, n, "nothing stored, lease released")
 		assert.Equal(t, uint64(1), m.Stats().ByName["keys"].LoadErrors)
@@ -270,7 +270,7 @@ func TestLeaseHolderDied(t *testing.T) {
 		m := e.manager(&Options{LeaseTTL: 3 * time.Second})
 		ctx := t.Context()
 		// A holder that died without releasing: its lease is there, nobody renews it.
-		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").lease, "dead-holder", 3*time.Second).Err())
+		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").withLease().lease, "dead-holder", 3*time.Second).Err())
 		got := make(chan string, 1)
 		go func() {
 			v, err := GetOrLoad(ctx, m, "k", func(ctx context.Context) (string, error) { return "loaded", nil })
@@ -600,7 +600,7 @@ func TestMemoBadInput(t *testing.T) {
 	defer small.Close()
 	_, err = GetOrLoad(ctx, small, "big", func(ctx context.Context) (string, error) { return strings.Repeat("x", 100), nil })
 	assert.ErrorIs(t, err, ErrValueTooLarge)
-	n, err := rdb.Exists(ctx, small.keyRef("big").key, small.keyRef("big").lease).Result()
+	n, err := rdb.Exists(ctx, small.keyRef("big").key, small.keyRef("big").withLease().lease).Result()
 	require.NoError(t, err)
 	assert.Zero(t, n)
 }

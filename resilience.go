@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -60,17 +61,33 @@ type BreakerOptions struct {
 // they fail fast as well. After Close it lets every command pass untouched
 // (go-redis cannot remove a hook).
 type breakerHook struct {
-	cb     *gobreaker.CircuitBreaker[struct{}]
+	b      *breaker
 	closed *atomic.Bool // the Manager's
 }
 
-func newBreaker(o BreakerOptions, obs Observer) *gobreaker.CircuitBreaker[struct{}] {
+// breaker is the circuit breaker and the Observer it tells of its state
+// changes. gobreaker reports a change while it holds its lock, so the
+// change is queued there and told after Execute returns.
+type breaker struct {
+	cb  *gobreaker.CircuitBreaker[struct{}]
+	obs Observer // nil for none
+
+	mu      sync.Mutex // protects pending
+	pending []gobreaker.State
+	tell    sync.Mutex // held while the queued changes are told, so they are told in order
+}
+
+func newBreaker(o BreakerOptions, obs Observer) *breaker {
+	b := &breaker{obs: obs}
 	failures := uint32(o.Failures)
-	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if obs != nil {
-				obs.Observe(Event{Kind: EventBreakerState, Name: to.String(), N: 1})
+			if obs == nil {
+				return
 			}
+			b.mu.Lock()
+			b.pending = append(b.pending, to)
+			b.mu.Unlock()
 		},
 		Name:        "redis",
 		MaxRequests: uint32(o.Probes),
@@ -84,6 +101,30 @@ func newBreaker(o BreakerOptions, obs Observer) *gobreaker.CircuitBreaker[struct
 			return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 		},
 	})
+	return b
+}
+
+// execute runs fn through the breaker, then tells the Observer of the state
+// changes it caused.
+func (b *breaker) execute(fn func() error) error {
+	_, err := b.cb.Execute(func() (struct{}, error) { return struct{}{}, fn() })
+	if b.obs != nil {
+		b.flush()
+	}
+	return err
+}
+
+// flush tells the Observer of the queued state changes.
+func (b *breaker) flush() {
+	b.tell.Lock()
+	defer b.tell.Unlock()
+	b.mu.Lock()
+	changes := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, to := range changes {
+		b.obs.Observe(Event{Kind: EventBreakerState, Name: to.String(), N: 1})
+	}
 }
 
 // unreachable reports whether err means Redis could not be reached or did
@@ -115,7 +156,7 @@ func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if h.closed.Load() || connSetup(cmd) {
 			return next(ctx, cmd)
 		}
-		_, err := h.cb.Execute(func() (struct{}, error) { return struct{}{}, next(ctx, cmd) })
+		err := h.b.execute(func() error { return next(ctx, cmd) })
 		if err = unavailable(err); err != nil && errors.Is(err, ErrUnavailable) {
 			cmd.SetErr(err)
 		}
@@ -128,7 +169,7 @@ func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 		if h.closed.Load() || len(cmds) > 0 && connSetup(cmds[0]) {
 			return next(ctx, cmds)
 		}
-		_, err := h.cb.Execute(func() (struct{}, error) { return struct{}{}, pipelineErr(next(ctx, cmds), cmds) })
+		err := h.b.execute(func() error { return pipelineErr(next(ctx, cmds), cmds) })
 		if err = unavailable(err); err != nil && errors.Is(err, ErrUnavailable) {
 			for _, c := range cmds {
 				if c.Err() == nil || unreachable(c.Err()) || errors.Is(err, gobreaker.ErrOpenState) {
@@ -186,5 +227,5 @@ func (m *Manager) BreakerState() string {
 	if m.breaker == nil {
 		return "off"
 	}
-	return m.breaker.State().String()
+	return m.breaker.cb.State().String()
 }

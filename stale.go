@@ -79,9 +79,6 @@ const (
 	missRefresh                    // return ErrMiss, load in the background
 )
 
-// loads reports whether the action needs the loader.
-func (a readAction) loads() bool { return a != serve && a != notFound }
-
 // decide counts a loaded read that found state (with header h) and says
 // what it does: hits are served (and maybe refreshed early), stale values
 // are served and refreshed when StaleFor allows, misses are loaded.
@@ -110,25 +107,6 @@ func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state rea
 	return load
 }
 
-// finish carries out an action of decide that needs the loader; seen is the
-// header of the entry the read found (zero for none).
-func finish[T any](ctx context.Context, m *Manager, act readAction, v T, seen envelope.Header, sp *loadSpec, fn func(context.Context) (T, error)) (T, error) {
-	var zero T
-	switch act {
-	case serveRefresh:
-		scheduleRefresh(m, sp, fn, seen.WrittenAt)
-		return v, nil
-	case missRefresh:
-		scheduleRefresh(m, sp, fn, seen.WrittenAt)
-		return zero, ErrMiss
-	case notFound:
-		return zero, ErrNotFound
-	case serve:
-		return v, nil
-	}
-	return loadEntry(ctx, m, sp, fn)
-}
-
 // refresher runs background refreshes on a bounded pool.
 type refresher struct {
 	start   sync.Once
@@ -137,12 +115,13 @@ type refresher struct {
 	pending map[string]struct{} // leases of the entries queued or refreshing
 }
 
-// scheduleRefresh queues a background refresh of sp's entry, as read when
-// it was written at seen (Unix milliseconds, 0 when absent), unless one is
-// already queued or running in this process, or the queue is full.
-func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (T, error), seen int64) {
+// scheduleRefresh queues a background refresh of e, as read when it was
+// written at seen (Unix milliseconds, 0 when absent), unless one is already
+// queued or running in this process, or the queue is full.
+func scheduleRefresh[A, T any](m *Manager, e entry, l loader[A, T], seen int64) {
+	e.ref = e.ref.withLease()
 	r := &m.refresh
-	key := sp.ref.lease
+	key := e.ref.lease
 	r.mu.Lock()
 	if _, dup := r.pending[key]; dup {
 		r.mu.Unlock()
@@ -162,7 +141,7 @@ func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (
 	})
 	job := func(ctx context.Context) {
 		defer done()
-		refreshOnce(ctx, m, sp, fn, seen)
+		refreshOnce(ctx, m, &e, l, seen)
 	}
 	if m.closed.Load() {
 		done()
@@ -172,7 +151,7 @@ func scheduleRefresh[T any](m *Manager, sp *loadSpec, fn func(context.Context) (
 	case r.queue <- job:
 	default:
 		done()
-		sp.st.add(EventRefreshDropped, 1)
+		e.st.add(EventRefreshDropped, 1)
 	}
 }
 
@@ -188,20 +167,18 @@ func (m *Manager) runRefreshes() {
 	}
 }
 
-// refreshOnce loads sp's entry and stores it, unless it was stored anew
-// since the reader saw it written at seen (Unix milliseconds, 0 when it saw
-// none) or another process holds its lease (and so is loading it).
-func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(context.Context) (T, error), seen int64) {
-	if err := m.tagEntry(ctx, sp.tags, sp.tagMargin(m), sp.ref); err != nil {
-		sp.st.add(EventRedisError, 1)
-		sp.st.add(EventRefreshFailed, 1)
+// refreshOnce loads e and stores it, unless it was stored anew since the
+// reader saw it written at seen (Unix milliseconds, 0 when it saw none) or
+// another process holds its lease (and so is loading it).
+func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], seen int64) {
+	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
+		e.st.add(EventRefreshFailed, 1)
 		return
 	}
 	token := newToken()
-	a, err := m.acquire(ctx, sp.ref, token, true)
+	a, err := m.acquire(ctx, e, token, true)
 	if err != nil {
-		sp.st.add(EventRedisError, 1)
-		sp.st.add(EventRefreshFailed, 1)
+		e.st.add(EventRefreshFailed, 1)
 		return
 	}
 	if a.status != leaseTaken {
@@ -209,17 +186,17 @@ func refreshOnce[T any](ctx context.Context, m *Manager, sp *loadSpec, fn func(c
 	}
 	if a.value != nil {
 		var v T
-		if h, state := m.lookup(sp.st, sp.ref, a.value, a.gen, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
-			m.release(sp.ref.lease, token) // refreshed meanwhile, by another process
+		if h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
+			m.release(e.st, e.ref.lease, token) // refreshed meanwhile, by another process
 			return
 		}
 	}
-	sp.st.add(EventRefreshStarted, 1)
-	_, _, _, err = loadAndStore(ctx, m, sp, fn, token, a.gen)
+	e.st.add(EventRefreshStarted, 1)
+	_, _, _, err = loadAndStore(ctx, m, e, l, token, a.gen)
 	if err != nil && err != ErrNotFound {
-		sp.st.add(EventRefreshFailed, 1)
-		m.log.Debug("cache: background refresh failed; the stale value stays", "key", sp.ref.key, "field", sp.ref.field, "err", err)
+		e.st.add(EventRefreshFailed, 1)
+		m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
 		return
 	}
-	sp.st.add(EventRefreshSucceeded, 1)
+	e.st.add(EventRefreshSucceeded, 1)
 }

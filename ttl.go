@@ -94,16 +94,17 @@ func (m *Manager) TTL(ctx context.Context, key string) (time.Duration, error) {
 	if key == "" {
 		return 0, fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	return m.pttl(ctx, m.kv, m.keyRef(key).key)
+	return m.pttl(ctx, m.kv, m.entryKey(key))
 }
 
 func (m *Manager) pttl(ctx context.Context, st *counters, key string) (time.Duration, error) {
-	d, err := m.rdb.PTTL(ctx, key).Result()
+	cmd := redis.NewDurationCmd(ctx, time.Millisecond, "pttl", key)
+	err := m.do(ctx, st, cmd)
+	d := cmd.Val()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return 0, ErrMiss
 	case err != nil:
-		st.add(EventRedisError, 1)
 		return 0, err
 	case d == -2*time.Nanosecond || d == -2*time.Millisecond:
 		return 0, ErrMiss

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Warming fills the cache ahead of its readers: at start-up, and on a
@@ -381,7 +383,12 @@ func (s *warmSchedule) tick(ctx context.Context) {
 		return
 	}
 	key := s.m.warmPeriodKey(s.every, n)
-	won, err := s.m.rdb.SetNX(ctx, key, s.owner, s.every+warmSkew).Result()
+	cmd := redis.NewBoolCmd(ctx, "set", key, s.owner, "px", (s.every + warmSkew).Milliseconds(), "nx")
+	err := s.m.do(ctx, s.m.kv, cmd)
+	won := err == nil && cmd.Val()
+	if errors.Is(err, redis.Nil) {
+		err = nil // claimed by another Manager
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			s.m.log.Warn("cache: claiming a warming period failed; trying again at the next tick", "key", key, "err", err)
@@ -395,12 +402,6 @@ func (s *warmSchedule) tick(ctx context.Context) {
 	if _, err := s.m.WarmAll(ctx); err != nil && ctx.Err() == nil {
 		s.m.log.Warn("cache: warming failed", "period", n, "err", err)
 	}
-}
-
-// warmPeriodKey returns the key that claims period n of a WarmEvery of
-// interval every. Claims share the hash tag {warm}; each is used alone.
-func (m *Manager) warmPeriodKey(every time.Duration, n int64) string {
-	return m.prefix + "{warm}:period:" + strconv.FormatInt(every.Milliseconds(), 10) + ":" + strconv.FormatInt(n, 10)
 }
 
 // warmOwner returns the value of a schedule's claims: the host, the process

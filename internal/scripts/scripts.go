@@ -21,14 +21,39 @@ var (
 	tagAddSrc string
 	//go:embed store_fields.lua
 	storeFieldsSrc string
+	//go:embed lock_obtain.lua
+	lockObtainSrc string
+	//go:embed lock_refresh.lua
+	lockRefreshSrc string
 )
+
+// Script is a Lua script and its source, which is sent with EVAL when the
+// server answers EVALSHA with NOSCRIPT.
+type Script struct {
+	*redis.Script
+	Src string
+}
+
+func newScript(src string) *Script { return &Script{Script: redis.NewScript(src), Src: src} }
 
 // The scripts, by file name.
 var (
-	Acquire     = redis.NewScript(acquireSrc)
-	Store       = redis.NewScript(storeSrc)
-	Renew       = redis.NewScript(renewSrc)
-	Release     = redis.NewScript(releaseSrc)
-	TagAdd      = redis.NewScript(tagAddSrc)
-	StoreFields = redis.NewScript(storeFieldsSrc)
+	Acquire     = newScript(acquireSrc)
+	Store       = newScript(storeSrc)
+	Renew       = newScript(renewSrc)
+	TagAdd      = newScript(tagAddSrc)
+	StoreFields = newScript(storeFieldsSrc)
+	// Release deletes a key that holds a token, only while it holds that
+	// token: a load's lease, or a distributed lock.
+	Release = newScript(releaseSrc)
+	// The distributed lock's other scripts. Each checks the lock's token, so
+	// that only its holder refreshes it.
+	LockObtain  = newScript(lockObtainSrc)
+	LockRefresh = newScript(lockRefreshSrc)
 )
+
+// LockRelease is Release, under the name the lock's code reads best with.
+var LockRelease = Release
+
+// All lists every script, for loading them ahead of their first use.
+var All = []*Script{Acquire, Store, Renew, Release, TagAdd, StoreFields, LockObtain, LockRefresh}
