@@ -31,7 +31,30 @@ var knownStaleDefects = map[string]string{
 	"TestStaleSetTagSetEvicted":               "a tag's entries are found only through its sorted set; once that is evicted, Invalidate(Tag) leaves them served",
 	"TestStaleSetHashWarmVersionEvicted":      "a missing hash field version reads as \"0\", so a warm that began before a field was deleted stores after it",
 	"TestStaleSetLocalTierBeforeSubscription": "the local tier is not cleared on the first subscription, so invalidations published before it are missed for the local TTL",
+	"TestStaleSetRefreshJoinsEarlierRefresh":  "a Refresh joins a Refresh of the same Manager whose load began before it was called, and returns and leaves that load's older value",
+
+	// The checker's configurations, by the way a write is published: the
+	// checker leaves those writes out of its verdict (see checkHistory).
+	"TestStaleSetChecker/single-node/Tag":       tagInFlight,
+	"TestStaleSetChecker/three-masters/Tag":     tagInFlight,
+	"TestStaleSetChecker/latency/Tag":           tagInFlight,
+	"TestStaleSetChecker/restart/Tag":           tagInFlight,
+	"TestStaleSetChecker/evict-lru/Tag":         tagInFlight + "; and an evicted tag set leaves its entries served (TestStaleSetTagSetEvicted)",
+	"TestStaleSetChecker/evict-random/Tag":      tagInFlight + "; and an evicted tag set leaves its entries served (TestStaleSetTagSetEvicted)",
+	"TestStaleSetChecker/single-node/Refresh":   refreshJoins,
+	"TestStaleSetChecker/three-masters/Refresh": refreshJoins,
+	"TestStaleSetChecker/latency/Refresh":       refreshJoins,
+	"TestStaleSetChecker/restart/Refresh":       refreshJoins,
+	"TestStaleSetChecker/evict-lru/Refresh":     refreshJoins,
+	"TestStaleSetChecker/evict-random/Refresh":  refreshJoins,
+	"TestStaleSetChecker/evict-random/Memo.All": "a missing memo generation reads as \"0\", so entries of that generation are served after a ForgetAll whose generation was evicted (TestStaleSetMemoGenerationEvicted)",
 }
+
+// The defects the checker finds, as the deterministic tests above show them.
+const (
+	tagInFlight  = "an Invalidate(Tag) between a load's tag record and its lease makes the next one miss the load (TestStaleSetTagMissesLoadInFlight)"
+	refreshJoins = "a Refresh returns, and leaves, the older value of a Refresh it joined (TestStaleSetRefreshJoinsEarlierRefresh)"
+)
 
 // skipKnownStaleDefect skips t when it reproduces a known defect, unless
 // STOCKPOT_RUN_KNOWN_DEFECTS is set.
@@ -255,6 +278,63 @@ func TestStaleSetLocalTierBeforeSubscription(t *testing.T) {
 		return err == nil && got == 2
 	}, 2*time.Second, 5*time.Millisecond,
 		"version 1, read before an Invalidate that returned, is still served from the local tier 2s after the Manager subscribed (its local TTL is 1m)")
+}
+
+// TestStaleSetRefreshJoinsEarlierRefresh: the application updates its
+// source, then calls Refresh to load the key anew, while a Refresh of the
+// same key by the same Manager is loading the old version. When the second
+// Refresh returns, the key must hold a version loaded after it was called:
+// a refresh must not return, nor leave, a load that began before it.
+func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
+	skipKnownStaleDefect(t)
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		ctx := t.Context()
+		m := newManager(t, b.Client(t), nil)
+		const key = "r-item"
+		var source atomic.Int64
+		source.Store(1)
+		started := make(chan int64, 1)
+		gate := make(chan struct{})
+		load := func(ctx context.Context) (int64, error) {
+			v := source.Load()
+			select {
+			case started <- v:
+				if err := await(ctx, gate); err != nil { // the first load waits
+					return 0, err
+				}
+			default:
+			}
+			return v, nil
+		}
+		first := make(chan error, 1)
+		go func() {
+			_, err := cache.Refresh(ctx, m, key, load)
+			first <- err
+		}()
+		require.Equal(t, int64(1), recv(t, started, 10*time.Second, "the first Refresh did not start loading"))
+
+		source.Store(2)
+		type result struct {
+			v   int64
+			err error
+		}
+		second := make(chan result, 1)
+		go func() {
+			v, err := cache.Refresh(ctx, m, key, load)
+			second <- result{v, err}
+		}()
+		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 1 }, 10*time.Second, time.Millisecond,
+			"the second Refresh did not wait for the first")
+		close(gate)
+		require.NoError(t, recv(t, first, 10*time.Second, "the first Refresh did not return"))
+		r := recv(t, second, 10*time.Second, "the second Refresh did not return")
+		require.NoError(t, r.err)
+
+		got, err := cache.Get[int64](ctx, m, key)
+		require.NoError(t, err)
+		require.Equal(t, int64(2), got, "the key holds version 1, loaded before the second Refresh was called, after it returned")
+		require.Equal(t, int64(2), r.v, "the second Refresh returned version 1, loaded before it was called")
+	})
 }
 
 // newManager returns a Manager over rdb with the tests' prefix, closed in
