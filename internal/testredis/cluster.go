@@ -504,6 +504,15 @@ func sharedCluster(t testing.TB) *Cluster {
 	return shared.c
 }
 
+// SharedCluster returns the Redis Cluster that Run shares between the
+// tests of the test binary, started on first use, with every key of every
+// master deleted: what Run's "cluster" subtests get. A test must leave its
+// topology as it found it. It skips or fails t as StartCluster does.
+func SharedCluster(t testing.TB) *Cluster {
+	t.Helper()
+	return sharedCluster(t)
+}
+
 // sharedDirPrefix starts the name of a shared cluster's directory, which
 // goes on with the ID of the test process and a random suffix.
 const sharedDirPrefix = "testredis-cluster-"

@@ -120,8 +120,50 @@ func missing(t testing.TB, problem, what, remedy string) {
 // t when STOCKPOT_REQUIRE_REDIS=1.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartWith(t, Config{})
+}
+
+// Config is the set-up of a server started by StartWith. The zero Config is
+// Start's: no memory limit.
+type Config struct {
+	// MaxMemory is redis-server's maxmemory, in bytes; 0 for no limit.
+	// An empty server uses about 1 MB of it.
+	MaxMemory int64
+
+	// MaxMemoryPolicy is what the server does when MaxMemory is reached:
+	// "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
+	// "volatile-lfu", "volatile-random", "volatile-ttl" evict keys;
+	// "noeviction" (redis-server's default, for "") refuses writes.
+	MaxMemoryPolicy string
+
+	// Args are further redis-server arguments, such as
+	// []string{"--maxmemory-samples", "10"}.
+	Args []string
+}
+
+// args returns the redis-server arguments of c.
+func (c Config) args() []string {
+	var args []string
+	if c.MaxMemory > 0 {
+		args = append(args, "--maxmemory", strconv.FormatInt(c.MaxMemory, 10))
+	}
+	if c.MaxMemoryPolicy != "" {
+		args = append(args, "--maxmemory-policy", c.MaxMemoryPolicy)
+	}
+	return append(args, c.Args...)
+}
+
+// StartWith is Start with the set-up cfg, which Restart keeps. A setting
+// redis-server refuses fails t with the server's output.
+func StartWith(t testing.TB, cfg Config) *Server {
+	t.Helper()
 	bin := lookPath(t, "redis-server", "redis-server", "real-Redis tests")
-	s := newServer(bin, t.TempDir(), nil)
+	args := cfg.args()
+	var extra func(int) ([]string, error)
+	if len(args) > 0 {
+		extra = func(int) ([]string, error) { return args, nil }
+	}
+	s := newServer(bin, t.TempDir(), extra)
 	s.t = t
 	t.Cleanup(s.Kill)
 	if err := s.startOnFreePort(t.Logf); err != nil {

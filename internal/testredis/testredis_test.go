@@ -2,6 +2,7 @@ package testredis
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,4 +176,53 @@ func TestRun(t *testing.T) {
 			require.Equal(t, []string{"miniredis", "redis", "cluster"}, names)
 		}
 	}
+}
+
+func TestStartWithMaxMemory(t *testing.T) {
+	ctx := t.Context()
+	for _, policy := range []string{"allkeys-lru", "allkeys-random", "volatile-lru"} {
+		t.Run(policy, func(t *testing.T) {
+			s := StartWith(t, Config{MaxMemory: 2 << 20, MaxMemoryPolicy: policy, Args: []string{"--maxmemory-samples", "7"}})
+			rdb := s.Client(t)
+			check := func() {
+				t.Helper()
+				cfg, err := rdb.ConfigGet(ctx, "maxmemory*").Result()
+				require.NoError(t, err)
+				require.Equal(t, strconv.Itoa(2<<20), cfg["maxmemory"])
+				require.Equal(t, policy, cfg["maxmemory-policy"])
+				require.Equal(t, "7", cfg["maxmemory-samples"])
+			}
+			check()
+
+			// Write 8 MB: the keys that may be evicted are, and no write fails.
+			const n = 2000
+			val := strings.Repeat("x", 4<<10)
+			ttl := time.Duration(0)
+			if policy == "volatile-lru" {
+				ttl = time.Hour // only keys with a TTL may be evicted
+			}
+			for i := range n {
+				require.NoError(t, rdb.Set(ctx, "k"+strconv.Itoa(i), val, ttl).Err())
+			}
+			size, err := rdb.DBSize(ctx).Result()
+			require.NoError(t, err)
+			require.Less(t, size, int64(n), "keys were evicted")
+			info, err := rdb.Info(ctx, "stats").Result()
+			require.NoError(t, err)
+			require.NotContains(t, info, "evicted_keys:0\r\n")
+
+			s.Restart()
+			check()
+		})
+	}
+	t.Run("noeviction", func(t *testing.T) {
+		s := StartWith(t, Config{MaxMemory: 2 << 20, MaxMemoryPolicy: "noeviction"})
+		rdb := s.Client(t)
+		val := strings.Repeat("x", 4<<10)
+		var err error
+		for i := 0; i < 2000 && err == nil; i++ {
+			err = rdb.Set(ctx, "k"+strconv.Itoa(i), val, 0).Err()
+		}
+		require.ErrorContains(t, err, "OOM", "writes over maxmemory are refused")
+	})
 }
