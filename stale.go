@@ -20,8 +20,12 @@ import (
 // a full queue drops the request (counted) rather than block a reader. A
 // refresh takes the entry's lease without waiting: if another process holds
 // it, that process is already refreshing and this one lets it. A refresh
-// that fails keeps the stale value. On Close, refreshes in flight see their
-// context cancelled, and Close waits for them.
+// that fails keeps the stale value, and the entry is not refreshed again
+// before a backoff that doubles with each failure in a row (from
+// refreshBackoffMin to refreshBackoffMax, with jitter), so that a failing
+// upstream is not called at the rate the entry is read. On Close,
+// refreshes in flight see their context cancelled, and Close waits for
+// them.
 
 // StaleFor keeps an entry for d after its TTL, served stale while it is
 // refreshed in the background. It applies to GetOrLoad, Memoize and Hash.
@@ -111,8 +115,65 @@ func (s *settings) decide(m *Manager, st *counters, h envelope.Header, state rea
 type refresher struct {
 	start   sync.Once
 	queue   chan func(context.Context)
-	mu      sync.Mutex          // protects pending
-	pending map[string]struct{} // leases of the entries queued or refreshing
+	mu      sync.Mutex              // protects pending and failing
+	pending map[string]struct{}     // leases of the entries queued or refreshing
+	failing map[string]refreshFails // leases of the entries whose last refresh failed
+}
+
+// refreshFails is how many refreshes of an entry failed in a row, and when
+// (Manager clock, Unix ms) the next may start.
+type refreshFails struct {
+	n    int
+	next int64
+}
+
+// The backoff of an entry whose refreshes fail: it doubles with each
+// failure in a row, from refreshBackoffMin to refreshBackoffMax, less up to
+// half of it at random, so that the entries that began failing together
+// are not refreshed together.
+const (
+	refreshBackoffMin = time.Second
+	refreshBackoffMax = time.Minute
+	// maxFailing bounds the entries whose failures are remembered; beyond
+	// it, those whose backoff has ended are forgotten first.
+	maxFailing = 10000
+)
+
+// backingOff reports whether key's last refresh failed less than its
+// backoff ago. r.mu is held.
+func (r *refresher) backingOff(key string, now int64) bool {
+	f, ok := r.failing[key]
+	return ok && now < f.next
+}
+
+// refreshed records how key's refresh went at now (Unix ms).
+func (r *refresher) refreshed(key string, now int64, failed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !failed {
+		delete(r.failing, key)
+		return
+	}
+	if r.failing == nil {
+		r.failing = make(map[string]refreshFails)
+	}
+	f := r.failing[key]
+	if len(r.failing) >= maxFailing && f.n == 0 {
+		for k, g := range r.failing {
+			if now >= g.next {
+				delete(r.failing, k)
+			}
+		}
+		if len(r.failing) >= maxFailing {
+			return // too many failing at once: this one is not held back
+		}
+	}
+	f.n++
+	d := refreshBackoffMin << min(f.n-1, 16)
+	d = min(d, refreshBackoffMax)
+	d -= time.Duration(rand.Int64N(int64(d/2) + 1))
+	f.next = now + d.Milliseconds()
+	r.failing[key] = f
 }
 
 // scheduleRefresh queues a background refresh of e, as read when it was
@@ -123,7 +184,7 @@ func scheduleRefresh[A, T any](m *Manager, e entry, l loader[A, T], seen int64) 
 	r := &m.refresh
 	key := e.ref.lease
 	r.mu.Lock()
-	if _, dup := r.pending[key]; dup {
+	if _, dup := r.pending[key]; dup || r.backingOff(key, m.now().UnixMilli()) {
 		r.mu.Unlock()
 		return
 	}
@@ -169,8 +230,15 @@ func (m *Manager) runRefreshes() {
 
 // refreshOnce loads e and stores it, unless it was stored anew since the
 // reader saw it written at seen (Unix milliseconds, 0 when it saw none) or
-// another process holds its lease (and so is loading it).
+// another process holds its lease (and so is loading it). A failure holds
+// the entry's next refresh back (see refreshFails).
 func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], seen int64) {
+	failed := true
+	defer func() {
+		if ctx.Err() == nil {
+			m.refresh.refreshed(e.ref.lease, m.now().UnixMilli(), failed)
+		}
+	}()
 	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
@@ -181,6 +249,7 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
+	failed = false
 	if a.status != leaseTaken {
 		return // another process is loading it
 	}
@@ -194,6 +263,7 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 	e.st.add(EventRefreshStarted, 1)
 	_, _, _, err = loadAndStore(ctx, m, e, l, token, a.gen)
 	if err != nil && err != ErrNotFound {
+		failed = true
 		e.st.add(EventRefreshFailed, 1)
 		m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
 		return

@@ -253,3 +253,57 @@ func TestCloseEndsRefreshes(t *testing.T) {
 	_, err := tweets.Get(ctx, "a")
 	assert.ErrorIs(t, err, ErrClosed)
 }
+
+// TestRefreshBacksOffWhenUpstreamFails: stale reads of an entry whose
+// upstream fails do not call it at the rate of the reads: a failed refresh
+// holds the next one back, for longer after each failure in a row, and a
+// success lifts the backoff.
+func TestRefreshBacksOffWhenUpstreamFails(t *testing.T) {
+	e := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: newMini(t)})
+	m := e.manager(nil)
+	ctx := t.Context()
+	src := newGatedSource()
+	feed := Memoize(m, "feed", src.fetch, TTL(time.Minute), Jitter(0), StaleFor(24*time.Hour))
+	_, err := feed.Get(ctx, "ana")
+	require.NoError(t, err)
+	e.advance(2 * time.Minute) // stale
+	src.fail.Store(true)
+	failed := func(n uint64) func() bool {
+		return func() bool { return m.Stats().ByName["memo:feed"].RefreshesFailed >= n }
+	}
+	for range 100 {
+		v, err := feed.Get(ctx, "ana")
+		require.NoError(t, err)
+		require.Equal(t, []string{"ana-tweet-v0"}, v, "the stale value")
+		time.Sleep(100 * time.Microsecond) // reads spread over the refreshes' time
+	}
+	require.Eventually(t, failed(1), 5*time.Second, time.Millisecond)
+	assert.Equal(t, int32(2), src.calls.Load(), "one refresh for 100 stale reads of a failing upstream")
+
+	// Past the backoff, one more refresh; its backoff is longer.
+	e.clock.Add(refreshBackoffMin)
+	_, err = feed.Get(ctx, "ana")
+	require.NoError(t, err)
+	require.Eventually(t, failed(2), 5*time.Second, time.Millisecond)
+	e.clock.Add(refreshBackoffMin)
+	for range 10 {
+		_, err = feed.Get(ctx, "ana")
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int32(3), src.calls.Load(), "the second backoff is longer than the first")
+
+	// Once the upstream works again, a refresh stores its value and the
+	// backoff is gone.
+	src.fail.Store(false)
+	src.version.Store(1)
+	e.clock.Add(refreshBackoffMax)
+	require.Eventually(t, func() bool {
+		v, err := feed.Get(ctx, "ana")
+		return err == nil && v[0] == "ana-tweet-v1"
+	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool {
+		m.refresh.mu.Lock()
+		defer m.refresh.mu.Unlock()
+		return len(m.refresh.failing) == 0
+	}, 5*time.Second, time.Millisecond, "a success forgets the failures")
+}
