@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -139,10 +140,17 @@ func TestOutageErrors(t *testing.T) {
 			<-gate
 			v, err := GetOrLoad(ctx, m, "hot", func(ctx context.Context) (string, error) {
 				loads.Add(1)
-				if err := await(ctx, gate); err != nil {
-					return "", err
+				// Until the other 999 have joined this load (or 10s).
+				joined := func() bool { return m.Stats().ByName["keys"].SharedWaits >= 999 }
+				for wait := time.NewTimer(10 * time.Second); !joined(); {
+					select {
+					case <-ctx.Done():
+						return "", ctx.Err()
+					case <-wait.C:
+						return "", errors.New("the other callers did not join the load")
+					case <-time.After(time.Millisecond):
+					}
 				}
-				time.Sleep(100 * time.Millisecond) // long enough for all 1000 to join
 				return "from the database", nil
 			})
 			assert.NoError(t, err)
