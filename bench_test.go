@@ -163,6 +163,7 @@ func BenchmarkInvalidate(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = m.Close() })
+	scriptsLoaded(b, m)
 	ctx := context.Background()
 	h := NewHash[int](m, "h")
 	mm := Memoize(m, "m", func(ctx context.Context, i int) (int, error) { return i, nil })

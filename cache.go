@@ -86,11 +86,31 @@ type Options struct {
 	// default: nil
 	Local *LocalOptions
 
-	// Breaker configures the circuit breaker that stops the Manager from
-	// paying a connection timeout on every call while Redis is down. Each
-	// command is bounded by the client's own ReadTimeout and WriteTimeout
-	// (go-redis's default is 3s; a cache is better served by far less, such
-	// as 200ms), and a command that times out counts as a failure.
+	// Timeout is the time budget of each cache operation's Redis work: a
+	// loaded read (GetOrLoad, Memo.Get, Hash.GetOrLoad), a write or a
+	// Refresh may spend that long waiting for Redis in all, other calls
+	// (a plain read, each round trip of an invalidation, each attempt of a
+	// lock) that long each. Time spent running the loader, or waiting for
+	// another process's load, does not count: a loaded read returns within
+	// Timeout plus its loader, whatever Redis does. When it runs out, loaded
+	// reads fall back to the loader (counted as degraded), and other calls
+	// return an error matching ErrUnavailable; the call counts as a failure
+	// for the breaker, so a Redis that is slow opens it as a dead one does.
+	// A caller's context deadline that comes first always wins.
+	//
+	// The default fits a Redis on the same network: a healthy round trip
+	// takes well under a millisecond and rarely more than a few tens (a
+	// fork, a large key), so 150ms leaves room for the three round trips
+	// of a cold load at its worst, while a caller loses at most 150ms to a
+	// Redis that does not answer, less than the loaders a cache is put in
+	// front of usually take. A negative value turns the budget off (calls
+	// are then bounded by the client's timeouts and the caller's deadline).
+	//
+	// default: 150ms
+	Timeout time.Duration
+
+	// Breaker configures the circuit breakers that stop the Manager from
+	// waiting on Redis, call after call, while it is down or too slow.
 	Breaker BreakerOptions
 
 	// Observer is told of every event the Manager counts (hits, misses,
@@ -117,19 +137,28 @@ type Options struct {
 // It is safe for concurrent use. Build one per application with New and
 // Close it on shutdown.
 type Manager struct {
-	rdb     redis.UniversalClient
-	breaker *breaker // nil when turned off
-	opts    Options
-	prefix  string // opts.Prefix + ":"
-	log     *slog.Logger
-	now     func() time.Time
+	rdb      redis.UniversalClient
+	cluster  *redis.ClusterClient // rdb, when it is a cluster's client
+	breakers *breakers            // nil when turned off
+	opts     Options
+	prefix   string // opts.Prefix + ":"
+	log      *slog.Logger
+	now      func() time.Time
+
+	// How go-redis bounds a call (see budget.go).
+	ctxTimeouts bool          // the client honours context deadlines
+	bound       time.Duration // the client's own bound on a call; 0: none
+
+	slotsKnown     atomic.Bool // go-redis has loaded the cluster's slots
+	scriptsLoading atomic.Bool // loadScripts is running
 
 	life context.Context    // ends on Close; the parent of all background work
 	stop context.CancelFunc // ends life
 
 	closed  atomic.Bool
-	closeMu sync.RWMutex   // held for reading to start background work, for writing by Close
-	wg      sync.WaitGroup // background work the Manager started
+	closeMu sync.RWMutex // held for reading to start background work, for writing by Close
+	tasks   atomic.Int64 // background work the Manager started, running
+	running atomic.Int64 // calls running on goroutines of their own (see exchange)
 
 	flights flightGroup
 	stats   registry
@@ -181,6 +210,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Timeout == 0 {
+		o.Timeout = timeoutDefault
 	}
 	if o.Breaker.Failures == 0 {
 		o.Breaker.Failures = 5
@@ -236,9 +268,14 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		}
 		m.local = newLocalTier(lo, m.localChannel())
 	}
+	m.cluster, _ = rdb.(*redis.ClusterClient)
+	m.ctxTimeouts = honoursContext(rdb)
+	m.bound = clientBound(rdb)
 	if o.Breaker.Failures > 0 {
-		m.breaker = newBreaker(o.Breaker, o.Observer)
-		rdb.AddHook(breakerHook{b: m.breaker, closed: &m.closed})
+		m.breakers = &breakers{o: o.Breaker, obs: o.Observer}
+		if m.cluster == nil {
+			m.breakers.one = newBreaker(o.Breaker, o.Observer, "")
+		}
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.flights.m = make(map[string]*flight)
@@ -250,6 +287,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if m.local != nil {
 		m.goBackground(m.subscribe)
 	}
+	m.loadScriptsLater()
 	return m, nil
 }
 
@@ -262,20 +300,53 @@ func (m *Manager) Client() redis.UniversalClient { return m.rdb }
 // client. The cache's own keys never take that form, so the two never meet.
 func (m *Manager) Key(name string) string { return m.prefix + name }
 
-// Close stops the Manager's background work and waits for it to end: loads
-// in flight see their context cancelled and release their leases. Calls
-// after Close return ErrClosed. Close does not close the Redis client, which
-// belongs to the caller. It is safe to call more than once.
+// Close stops the Manager's background work and waits for it to end, for
+// at most 5 seconds: loads in flight see their context cancelled and
+// release their leases, refreshes and warm-ups stop. It also waits, within
+// that bound, for the commands that callers stopped waiting for at their
+// deadline (see Options.Timeout): go-redis ends each within the client's
+// timeouts. It returns an error if something was still running when it
+// gave up (a loader that ignores its context, say); use Shutdown to wait
+// longer or less. Calls after Close return ErrClosed. Close does not close
+// the Redis client, which belongs to the caller. It is safe to call more
+// than once.
 func (m *Manager) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+	defer cancel()
+	return m.Shutdown(ctx)
+}
+
+// closeWait bounds how long Close waits for the Manager's work to end.
+const closeWait = 5 * time.Second
+
+// Shutdown is Close, waiting until ctx ends instead of for at most 5
+// seconds. It returns an error matching ctx.Err() if the Manager's work
+// had not all ended by then.
+func (m *Manager) Shutdown(ctx context.Context) error {
 	m.closeMu.Lock()
 	already := m.closed.Swap(true)
 	m.closeMu.Unlock()
-	if already {
-		return nil
+	if !already {
+		m.stop()
+		if m.local != nil {
+			m.local.c.StopAllGoroutines()
+		}
 	}
-	m.stop()
-	m.wg.Wait()
-	return nil
+	wait := time.Millisecond
+	for {
+		tasks, calls := m.tasks.Load(), m.running.Load()
+		if tasks == 0 && calls == 0 {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("cache: close: %d background tasks and %d Redis calls still running: %w", tasks, calls, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 20*time.Millisecond)
+	}
 }
 
 // goBackground runs f on a goroutine that Close waits for. It reports false,
@@ -286,9 +357,9 @@ func (m *Manager) goBackground(f func()) bool {
 	if m.closed.Load() {
 		return false
 	}
-	m.wg.Add(1)
+	m.tasks.Add(1)
 	go func() {
-		defer m.wg.Done()
+		defer m.tasks.Add(-1)
 		f()
 	}()
 	return true

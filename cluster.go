@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -60,15 +61,24 @@ func slotBackoff(ctx context.Context, start time.Time, pause *time.Duration) boo
 }
 
 // node is one master of the Redis the Manager uses, for the work that is
-// planned per master: scans of the keyspace, INFO.
+// planned per master: scans of the keyspace, INFO, loading the scripts.
 type node struct {
-	m *Manager
-	c redis.UniversalClient
+	m    *Manager
+	c    redis.UniversalClient
+	addr string // the master's address on a cluster, for its breaker; else ""
 }
 
 // do sends cmd to the node, through the Manager's Redis-call path.
 func (n node) do(ctx context.Context, st *counters, cmd redis.Cmder) error {
-	return n.m.doOn(ctx, n.c, st, cmd)
+	_, err := n.m.send(ctx, n.c, n.addr, cmd)
+	n.m.count(ctx, st, err)
+	return err
+}
+
+// pipe sends the commands fn queues to the node as one pipeline, through
+// the Manager's Redis-call path.
+func (n node) pipe(ctx context.Context, st *counters, fn func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	return n.m.pipeOn(ctx, n.c, n.addr, st, fn)
 }
 
 // scan calls fn with every key of the node that matches pattern (SCAN,
@@ -93,12 +103,51 @@ func (n node) scan(ctx context.Context, st *counters, pattern string, fn func(ke
 
 // forEachMaster calls fn, concurrently, for every node that holds keys: each
 // master of a cluster, each shard of a ring, else the client itself.
+//
+// On a cluster, go-redis first reloads the cluster's slots, with a command
+// that the client bounds by its own timeouts only: forEachMaster stops
+// waiting for it at the deadline of a call made on ctx, and returns an
+// error matching ErrUnavailable. The calls fn makes have deadlines of their
+// own.
 func (m *Manager) forEachMaster(ctx context.Context, fn func(context.Context, node) error) error {
 	switch c := m.rdb.(type) {
 	case *redis.ClusterClient:
-		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m, n}) })
+		return m.forEachClusterMaster(ctx, c, fn)
 	case *redis.Ring:
-		return c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m, n}) })
+		return c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m: m, c: n}) })
 	}
-	return fn(ctx, node{m, m.rdb})
+	return fn(ctx, node{m: m, c: m.rdb})
+}
+
+func (m *Manager) forEachClusterMaster(ctx context.Context, c *redis.ClusterClient, fn func(context.Context, node) error) error {
+	if err := ctx.Err(); err != nil {
+		return callerGone(ctx)
+	}
+	started := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	m.running.Add(1)
+	go func() {
+		defer m.running.Add(-1)
+		done <- c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			once.Do(func() { close(started) })
+			return fn(ctx, node{m: m, c: n, addr: n.Options().Addr})
+		})
+	}()
+	var expired <-chan time.Time
+	if end := m.budgetEnd(ctx, time.Now()); !end.IsZero() {
+		t := time.NewTimer(time.Until(end))
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-started:
+		return <-done
+	case <-expired:
+		return errBudget
+	case <-ctx.Done():
+		return callerGone(ctx)
+	}
 }

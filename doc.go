@@ -32,8 +32,10 @@
 //	err = m.Emit(ctx, "invoice.submitted", invoice)
 //
 // Warming, distributed locks with fencing tokens, an optional in-process
-// tier (Options.Local), a circuit breaker (Options.Breaker), counters
-// (Stats) and an Observer for metrics complete it:
+// tier (Options.Local), a time budget for each operation's Redis work
+// (Options.Timeout) and circuit breakers (Options.Breaker) that keep a slow
+// or dead Redis from becoming an outage, counters (Stats) and an Observer
+// for metrics complete it:
 //
 //	m.Warm("dashboard", warmDashboard); stop := m.WarmEvery(24 * time.Hour)
 //	err = m.WithLock(ctx, "order:42", 10*time.Second, processOrder)

@@ -105,6 +105,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	if len(items) == 0 {
 		return nil
 	}
+	ctx = h.m.withBudget(ctx)
 	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
 		return err
 	}
@@ -243,6 +244,7 @@ func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx conte
 		var zero T
 		return zero, err
 	}
+	ctx = h.m.withBudget(ctx)
 	v, err := loadEntry(ctx, h.m, e, true, loader[string, T]{fn: load, arg: field})
 	if err == nil {
 		h.m.dropEverywhere(ctx, false, []string{localKey(e.ref)})

@@ -65,7 +65,16 @@ func (e *env) manager(opts *Options) *Manager {
 	m, err := New(e.b.Client(e.t), &o)
 	require.NoError(e.t, err)
 	e.t.Cleanup(func() { _ = m.Close() })
+	scriptsLoaded(e.t, m)
 	return m
+}
+
+// scriptsLoaded waits until m has loaded its scripts, which New starts in
+// the background, so that a test that counts commands counts only its own.
+func scriptsLoaded(t testing.TB, m *Manager) {
+	t.Helper()
+	require.Eventually(t, func() bool { return !m.scriptsLoading.Load() }, 10*time.Second, time.Millisecond,
+		"the Manager did not finish loading its scripts")
 }
 
 // advance moves both Redis's TTLs and the Managers' clock by d.

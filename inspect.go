@@ -48,8 +48,10 @@ func (m *Manager) Inspect(ctx context.Context) (Report, error) {
 	err := m.forEachMaster(ctx, func(ctx context.Context, nd node) error {
 		// A server that does not answer INFO memory (miniredis) reports 0.
 		info := redis.NewStringCmd(ctx, "info", "memory")
-		_ = send(ctx, nd.c, info)
-		mem := usedMemory(info.Val())
+		var mem int64
+		if cut, err := m.send(ctx, nd.c, nd.addr, info); !cut && err == nil {
+			mem = usedMemory(info.Val())
+		}
 		var n int64
 		var sample []string
 		err := nd.scan(ctx, m.kv, pat, func(k string) {

@@ -423,6 +423,7 @@ func TestInvalidateRoundTrips(t *testing.T) {
 		m, err := New(rdb, &Options{Prefix: "test", Now: e.clock.Now})
 		require.NoError(t, err)
 		defer m.Close()
+		scriptsLoaded(t, m)
 		ctx := t.Context()
 		h := NewHash[int](m, "h")
 		mm := Memoize(m, "m", func(ctx context.Context, i int) (int, error) { return i, nil })

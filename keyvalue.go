@@ -30,6 +30,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		return err
 	}
 	ref := m.keyRef(key).withLease()
+	ctx = m.withBudget(ctx)
 	if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), ref); err != nil {
 		return err
 	}
@@ -81,6 +82,7 @@ func Refresh[T any](ctx context.Context, m *Manager, key string, load func(conte
 		var zero T
 		return zero, err
 	}
+	ctx = m.withBudget(ctx)
 	v, err := loadEntry(ctx, m, e, true, loader[struct{}, T]{f0: load})
 	if err == nil {
 		m.dropEverywhere(ctx, false, []string{e.ref.key})
@@ -209,6 +211,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		}
 		writes = append(writes, write{m.keyRef(k).withLease(), b, s.keep(ttl)})
 	}
+	ctx = m.withBudget(ctx)
 	if len(s.tags) > 0 {
 		refs := make([]entryRef, len(writes))
 		for i, w := range writes {

@@ -269,6 +269,9 @@ func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l 
 			if !waited {
 				waited = true
 				e.st.add(EventLeaseWait, 1)
+				// Waiting for another process's load is not Redis's time:
+				// from here on each call has a budget of its own.
+				defer pause(ctx)()
 			}
 			if err := sleep(ctx, backoff); err != nil {
 				return zero, time.Time{}, err
@@ -374,6 +377,7 @@ func callLoader[A, T any](ctx context.Context, st *counters, l loader[A, T]) (v 
 			st.add(EventLoadError, 1)
 		}
 	}()
+	defer pause(ctx)() // the loader's time is not the Redis budget's
 	v, err = l.call(ctx)
 	return v, 0, err
 }
@@ -411,8 +415,17 @@ func (m *Manager) keepLease(ctx context.Context, e *entry, token string) func() 
 func newToken() string { return rand.Text() }
 
 // release gives up the lease held with token, on a context of its own: it
-// also runs when the load's context has ended.
+// also runs when the load's context has ended. It runs in the background,
+// so that the callers of a failed load do not wait for it, or at once after
+// Close.
 func (m *Manager) release(st *counters, lease, token string) {
+	if m.goBackground(func() { m.releaseNow(st, lease, token) }) {
+		return
+	}
+	m.releaseNow(st, lease, token)
+}
+
+func (m *Manager) releaseNow(st *counters, lease, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := m.eval(ctx, st, scripts.Release, []string{lease}, token).Err(); err != nil {
@@ -425,6 +438,7 @@ const releaseTimeout = time.Second
 // sleep waits d (with up to 25% jitter, so pollers spread out) or until ctx
 // ends.
 func sleep(ctx context.Context, d time.Duration) error {
+	defer pause(ctx)() // waiting is not spending the Redis budget
 	d += time.Duration(float64(d) * 0.25 * mrand.Float64())
 	t := time.NewTimer(d)
 	defer t.Stop()

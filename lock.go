@@ -372,6 +372,7 @@ func (l *Lock) keep(ctx context.Context, ttl time.Duration, expires time.Time) e
 		// A refresh still waiting when the lease runs out is too late.
 		rctx, cancel := context.WithDeadline(ctx, expires)
 		_, err := l.refresh(rctx, ttl.Milliseconds())
+		late := rctx.Err() != nil
 		cancel()
 		switch {
 		case err == nil:
@@ -384,7 +385,9 @@ func (l *Lock) keep(ctx context.Context, ttl time.Duration, expires time.Time) e
 			return stopped()
 		default:
 			// Redis failed: try again soon, until the lease would have run out.
-			failed = err
+			if failed == nil || !late {
+				failed = err // not an attempt the lease's end cut short: it says more
+			}
 			t.Reset(max(min(every/4, time.Until(expires)), time.Millisecond))
 		}
 	}

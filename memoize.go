@@ -123,6 +123,7 @@ func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 		var zero R
 		return zero, err
 	}
+	ctx = mm.m.withBudget(ctx)
 	v, err := loadEntry(ctx, mm.m, e, true, loader[A, R]{fn: mm.fn, arg: args})
 	if err == nil {
 		mm.m.dropEverywhere(ctx, false, []string{e.ref.key}) // other instances' copies are older

@@ -55,6 +55,7 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 		}
 		e0 = m.local.epoch.Load()
 	}
+	ctx = m.withBudget(ctx)
 	var v T
 	h, state, _ := m.readEntry(ctx, e.st, e.ref, &v)
 	switch e.s.decide(m, e.st, h, state) {
@@ -71,6 +72,9 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 	case missRefresh:
 		scheduleRefresh(m, *e, l, h.WrittenAt)
 		return zero, ErrMiss
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, err // its caller has gone: no load
 	}
 	v, err := loadEntry(ctx, m, *e, false, l)
 	if err == nil && m.local != nil {

@@ -15,19 +15,31 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// Redis down is not an outage.
+// Redis down, slow or silent is not an outage.
 //
-// Every command goes through one go-redis hook that the Manager adds to the
-// client it is given (a hook, rather than a clone of the client, so that the
-// application's own hooks, such as tracing, see the cache's commands too).
-// The hook passes each command through a circuit breaker (sony/gobreaker):
-// after
-// Breaker.Failures consecutive failures it opens, and for Breaker.CoolDown
-// every command fails at once with ErrUnavailable instead of waiting for a
-// connection; then a few probe commands go through, and their success closes
-// it again. Failures to reach Redis (refused or lost connections, timeouts)
-// are wrapped so that they match ErrUnavailable; Redis's own replies
-// (a miss, a script error) are not failures.
+// Every Redis call the Manager makes goes through a circuit breaker of its
+// own (sony/gobreaker), in its own call path (redis.go): the client it was
+// given is not changed, the application's commands on it are never judged
+// nor failed by the Manager's breaker, and two Managers on one client have
+// breakers of their own. After Breaker.Failures consecutive failures the
+// breaker opens, and for Breaker.CoolDown every call fails at once with
+// ErrUnavailable instead of waiting; then a few probe calls go through, and
+// their success closes it again. A failure is a call that could not reach
+// Redis (a refused or lost connection, a client timeout) or did not answer
+// within its time budget (Options.Timeout, see budget.go); Redis's own
+// replies (a miss, a script error) are not failures, nor is a call cut
+// short by its caller's context, which says nothing about Redis.
+//
+// There is one breaker per node the calls go to: one for a single node, a
+// Sentinel set-up or a Ring, and on a Redis Cluster one per master, found
+// from the key of each call (ClusterClient.MasterForKey). A master that
+// cannot be reached opens its own breaker only: the keys of the other
+// masters keep using Redis, and the calls to that master's keys fail at
+// once instead of each paying its budget. A breaker never stands between
+// the client and its own work: go-redis reloads the cluster's slots itself,
+// and a call refused by an open breaker asks it to (ReloadState), so a
+// failover moves the keys to a new master, with a breaker of its own, as
+// soon as the client has seen it.
 //
 // With the breaker open or Redis failing, loaded reads (GetOrLoad,
 // Memo.Get, Hash.GetOrLoad) call the loader and return its value, counted
@@ -35,52 +47,47 @@ import (
 // reads return an error matching ErrUnavailable; writes and invalidations
 // return their error, and are not queued.
 
-// BreakerOptions configure the circuit breaker in front of Redis.
+// BreakerOptions configure the circuit breakers in front of Redis.
 type BreakerOptions struct {
-	// Failures is how many consecutive failed commands open the breaker.
-	// A negative value turns the breaker off.
+	// Failures is how many consecutive failed calls open a breaker. A call
+	// that gets no reply within its time budget (Options.Timeout) is a
+	// failure. A negative value turns the breakers off.
 	//
 	// default: 5
 	Failures int
 
-	// CoolDown is how long the breaker stays open, failing every command at
+	// CoolDown is how long a breaker stays open, failing every call at
 	// once, before it lets probes through.
 	//
 	// default: 2s
 	CoolDown time.Duration
 
-	// Probes is how many commands the half-open breaker lets through. When
+	// Probes is how many calls the half-open breaker lets through. When
 	// they all succeed it closes; when one fails it opens again.
 	//
 	// default: 1
 	Probes int
 }
 
-// breakerHook is the go-redis hook every command goes through. It sees
-// every command on the client, the application's too: while Redis is down
-// they fail fast as well. After Close it lets every command pass untouched
-// (go-redis cannot remove a hook).
-type breakerHook struct {
-	b      *breaker
-	closed *atomic.Bool // the Manager's
-}
-
-// breaker is the circuit breaker and the Observer it tells of its state
-// changes. gobreaker reports a change while it holds its lock, so the
-// change is queued there and told after Execute returns.
+// breaker is the circuit breaker of one node and the Observer it tells of
+// its state changes. gobreaker reports a change while it holds its lock, so
+// the change is queued there and told once the call's outcome is recorded.
 type breaker struct {
-	cb  *gobreaker.CircuitBreaker[struct{}]
-	obs Observer // nil for none
+	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
+	obs  Observer // nil for none
+	node string   // the node's address; "" for the only node, or a cluster whose slots are not known yet
+
+	reloaded atomic.Int64 // when a refused call last asked the client to reload its view of the cluster, Unix ns
 
 	mu      sync.Mutex // protects pending
 	pending []gobreaker.State
 	tell    sync.Mutex // held while the queued changes are told, so they are told in order
 }
 
-func newBreaker(o BreakerOptions, obs Observer) *breaker {
-	b := &breaker{obs: obs}
+func newBreaker(o BreakerOptions, obs Observer, node string) *breaker {
+	b := &breaker{obs: obs, node: node}
 	failures := uint32(o.Failures)
-	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		OnStateChange: func(_ string, _, to gobreaker.State) {
 			if obs == nil {
 				return
@@ -89,7 +96,7 @@ func newBreaker(o BreakerOptions, obs Observer) *breaker {
 			b.pending = append(b.pending, to)
 			b.mu.Unlock()
 		},
-		Name:        "redis",
+		Name:        "redis " + node,
 		MaxRequests: uint32(o.Probes),
 		Timeout:     o.CoolDown,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
@@ -97,21 +104,54 @@ func newBreaker(o BreakerOptions, obs Observer) *breaker {
 			return err == nil || !unreachable(err)
 		},
 		IsExcluded: func(err error) bool {
-			// The caller gave up: that says nothing about Redis.
-			return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+			// Not sent, or cut short by its caller: that says nothing about Redis.
+			return errors.Is(err, errNotSent) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 		},
 	})
 	return b
 }
 
-// execute runs fn through the breaker, then tells the Observer of the state
-// changes it caused.
-func (b *breaker) execute(fn func() error) error {
-	_, err := b.cb.Execute(func() (struct{}, error) { return struct{}{}, fn() })
-	if b.obs != nil {
-		b.flush()
+// errNotSent is the outcome of a call a breaker let through but that was
+// not sent after all (another node's breaker refused its pipeline, or its
+// budget had run out): it counts neither way.
+var errNotSent = errors.New("cache: call not sent")
+
+// ticket is a call let through a breaker; record tells the breaker how it
+// went, once.
+type ticket struct {
+	b    *breaker
+	done func(error)
+}
+
+// allow lets a call through b, or returns an error matching ErrUnavailable
+// when b is open (or half-open with its probes out).
+func (b *breaker) allow() (ticket, error) {
+	done, err := b.cb.Allow()
+	if err != nil {
+		if b.obs != nil {
+			b.flush() // the cool-down's end may have moved it to half-open
+		}
+		if b.node != "" {
+			return ticket{}, fmt.Errorf("%w: circuit breaker of %s open", ErrUnavailable, b.node)
+		}
+		return ticket{}, errBreakerOpen
 	}
-	return err
+	return ticket{b: b, done: done}, nil
+}
+
+// errBreakerOpen is the error of a call refused by an open breaker.
+var errBreakerOpen = fmt.Errorf("%w: circuit breaker open", ErrUnavailable)
+
+// record tells the breaker the call's outcome, then the Observer of the
+// state changes it caused.
+func (t ticket) record(err error) {
+	if t.b == nil {
+		return
+	}
+	t.done(err)
+	if t.b.obs != nil {
+		t.b.flush()
+	}
 }
 
 // flush tells the Observer of the queued state changes.
@@ -125,6 +165,27 @@ func (b *breaker) flush() {
 	for _, to := range changes {
 		b.obs.Observe(Event{Kind: EventBreakerState, Name: to.String(), N: 1})
 	}
+}
+
+// breakers holds the breakers of the nodes the Manager's calls go to.
+type breakers struct {
+	o     BreakerOptions
+	obs   Observer
+	one   *breaker // the breaker of a client that is not a cluster
+	nodes sync.Map // on a cluster: node address → *breaker
+}
+
+// of returns the breaker of the node at addr ("" for the cluster as a
+// whole), made on first use.
+func (bs *breakers) of(addr string) *breaker {
+	if bs.one != nil {
+		return bs.one
+	}
+	if b, ok := bs.nodes.Load(addr); ok {
+		return b.(*breaker)
+	}
+	b, _ := bs.nodes.LoadOrStore(addr, newBreaker(bs.o, bs.obs, addr))
+	return b.(*breaker)
 }
 
 // unreachable reports whether err means Redis could not be reached or did
@@ -149,83 +210,54 @@ func unreachable(err error) bool {
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, redis.ErrPoolTimeout)
 }
 
-func (h breakerHook) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (h breakerHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		if h.closed.Load() || connSetup(cmd) {
-			return next(ctx, cmd)
-		}
-		err := h.b.execute(func() error { return next(ctx, cmd) })
-		if err = unavailable(err); err != nil && errors.Is(err, ErrUnavailable) {
-			cmd.SetErr(err)
-		}
-		return err
-	}
-}
-
-func (h breakerHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		if h.closed.Load() || len(cmds) > 0 && connSetup(cmds[0]) {
-			return next(ctx, cmds)
-		}
-		err := h.b.execute(func() error { return pipelineErr(next(ctx, cmds), cmds) })
-		if err = unavailable(err); err != nil && errors.Is(err, ErrUnavailable) {
-			for _, c := range cmds {
-				if c.Err() == nil || unreachable(c.Err()) || errors.Is(err, gobreaker.ErrOpenState) {
-					c.SetErr(err)
-				}
-			}
-		}
-		return err
-	}
-}
-
-// connSetup reports whether cmd is part of a new connection's handshake,
-// which go-redis sends through the hooks while the command that needed the
-// connection is itself in the breaker: counting it too would make every
-// half-open probe that dials fail as "too many requests".
-func connSetup(cmd redis.Cmder) bool {
-	switch cmd.Name() {
-	case "hello", "auth", "client", "select", "readonly":
-		return true
-	}
-	return false
-}
-
-// pipelineErr is a pipeline's error as the breaker should judge it: the
-// first error that means Redis is unreachable, else err.
-func pipelineErr(err error, cmds []redis.Cmder) error {
-	if err != nil && unreachable(err) {
-		return err
-	}
-	for _, c := range cmds {
-		if unreachable(c.Err()) {
-			return c.Err()
-		}
-	}
-	return err
-}
-
 // unavailable wraps an error that means Redis cannot be reached so that it
 // matches ErrUnavailable; others are returned as they are.
 func unavailable(err error) error {
-	switch {
-	case err == nil, errors.Is(err, ErrUnavailable):
+	if err == nil || errors.Is(err, ErrUnavailable) || !unreachable(err) {
 		return err
-	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
-		return fmt.Errorf("%w: circuit breaker open", ErrUnavailable)
-	case unreachable(err):
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return err
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
 
-// BreakerState returns the circuit breaker's state: "closed" (Redis in
-// use), "open" (failing fast) or "half-open" (probing); "off" without one.
+// BreakerState returns the state of the circuit breaker: "closed" (Redis
+// in use), "open" (failing fast) or "half-open" (probing); "off" without
+// one. On a cluster, with a breaker per master, it is the state of the
+// least healthy one ("open" when any is open); Stats.Breakers has each.
 func (m *Manager) BreakerState() string {
-	if m.breaker == nil {
+	if m.breakers == nil {
 		return "off"
 	}
-	return m.breaker.cb.State().String()
+	if m.breakers.one != nil {
+		return m.breakers.one.cb.State().String()
+	}
+	worst := gobreaker.StateClosed
+	m.breakers.nodes.Range(func(_, v any) bool {
+		switch s := v.(*breaker).cb.State(); {
+		case s == gobreaker.StateOpen:
+			worst = s
+			return false
+		case s == gobreaker.StateHalfOpen:
+			worst = s
+		}
+		return true
+	})
+	return worst.String()
+}
+
+// nodeBreakerStates returns the state of each node's breaker, by address,
+// on a cluster; nil otherwise.
+func (m *Manager) nodeBreakerStates() map[string]string {
+	if m.breakers == nil || m.breakers.one != nil {
+		return nil
+	}
+	out := make(map[string]string)
+	m.breakers.nodes.Range(func(k, v any) bool {
+		node := k.(string)
+		if node == "" {
+			node = "cluster"
+		}
+		out[node] = v.(*breaker).cb.State().String()
+		return true
+	})
+	return out
 }

@@ -1,11 +1,13 @@
 package cache
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,4 +254,131 @@ func TestLatencyFault(t *testing.T) {
 	t.Logf("slowest loaded read with 2s of latency: %v; breaker %s", slowest, m.BreakerState())
 	assert.Less(t, slowest, time.Second, "calls are bounded by the client's timeouts, not the latency")
 	assert.Equal(t, "open", m.BreakerState())
+}
+
+// TestBreakerIsTheManagersOwn: the breaker judges and fails the Manager's
+// calls only. The application's commands on the same client are never
+// failed by it, a second Manager on the client has a breaker of its own,
+// and the client's own hooks (tracing) still see the Manager's commands.
+func TestBreakerIsTheManagersOwn(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb := faultClient(t, srv.Addr())
+	traced := &commandLog{}
+	rdb.AddHook(traced)
+	a, err := New(rdb, &Options{Prefix: "a", Breaker: BreakerOptions{Failures: 1, CoolDown: time.Minute}})
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := New(rdb, &Options{Prefix: "b", Breaker: BreakerOptions{Failures: 1, CoolDown: time.Minute}})
+	require.NoError(t, err)
+	defer b.Close()
+	scriptsLoaded(t, a)
+	scriptsLoaded(t, b)
+	ctx := t.Context()
+	require.NoError(t, a.Set(ctx, "k", 1))
+	assert.Contains(t, traced.names(), "set", "the client's hooks see the Manager's commands")
+
+	srv.Kill()
+	assert.ErrorIs(t, a.Get(ctx, "k", new(int)), ErrUnavailable)
+	require.Equal(t, "open", a.BreakerState())
+	assert.Equal(t, "closed", b.BreakerState(), "another Manager's breaker is its own")
+	srv.Restart()
+	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, 10*time.Second, 5*time.Millisecond,
+		"the application's commands are not failed by a Manager's open breaker")
+	assert.NoError(t, b.Set(ctx, "k", 2), "a Manager whose breaker is closed uses Redis")
+	assert.ErrorIs(t, a.Get(ctx, "k", new(int)), ErrUnavailable, "an open breaker fails its Manager's calls until its cool-down ends")
+}
+
+// TestClosedManagerIsCollected: nothing of a closed Manager stays
+// reachable from the client it was given, local tier included.
+func TestClosedManagerIsCollected(t *testing.T) {
+	srv := testredis.Start(t)
+	rdb := srv.Client(t)
+	ctx := t.Context()
+	collected := make(chan struct{})
+	func() {
+		m, err := New(rdb, &Options{Prefix: "test", Local: &LocalOptions{}})
+		require.NoError(t, err)
+		memo := Memoize(m, "m", func(ctx context.Context, n int) (int, error) { return n, nil })
+		_, err = memo.Get(ctx, 1)
+		require.NoError(t, err)
+		require.NoError(t, m.Close())
+		runtime.AddCleanup(m, func(ch chan struct{}) { close(ch) }, collected)
+	}()
+	require.Eventually(t, func() bool {
+		runtime.GC()
+		select {
+		case <-collected:
+			return true
+		default:
+			return false
+		}
+	}, 10*time.Second, 10*time.Millisecond, "a closed Manager is still reachable")
+	require.NoError(t, rdb.Ping(ctx).Err())
+}
+
+// TestClusterMasterDownOpensItsBreakerOnly: on a cluster, a master that
+// does not answer opens its own breaker: its keys' loaded reads fall back
+// to the loader within their budget, the other masters' keys keep being
+// read from Redis, and once the master answers again its keys are read
+// from it.
+func TestClusterMasterDownOpensItsBreakerOnly(t *testing.T) {
+	c := testredis.SharedCluster(t)
+	addrs := c.Addrs()
+	proxy := testredis.NewProxy(t, addrs[0])
+	rdb := c.ClientWith(t, func(o *redis.ClusterOptions) { o.Dialer = testredis.DialVia(proxy) })
+	m := slowManager(t, proxy, rdb, Options{Breaker: BreakerOptions{Failures: 3, CoolDown: 300 * time.Millisecond}})
+	ctx := t.Context()
+
+	// A key on the master behind the proxy, and one on another master.
+	var down, up string
+	for i := 0; down == "" || up == ""; i++ {
+		k := fmt.Sprint("k", i)
+		n, err := rdb.MasterForKey(ctx, m.entryKey(k))
+		require.NoError(t, err)
+		if n.Options().Addr == addrs[0] {
+			down = cmp.Or(down, k)
+		} else {
+			up = cmp.Or(up, k)
+		}
+	}
+	var loads atomic.Int64
+	load := sleepLoader("v", &loads)
+	for _, k := range []string{down, up} {
+		_, err := GetOrLoad(ctx, m, k, load)
+		require.NoError(t, err)
+	}
+
+	proxy.SetBlackhole(true)
+	for range 5 {
+		var err error
+		took, stalled := timed(func() { _, err = GetOrLoad(ctx, m, down, load) })
+		require.NoError(t, err)
+		within(t, took, stalled, testBudget+testLoaderTime+slack, "a loaded read of the silent master's key")
+	}
+	st := m.Stats()
+	assert.Equal(t, "open", st.Breakers[addrs[0]], "the silent master's breaker: %v", st.Breakers)
+	for a, s := range st.Breakers {
+		if a != addrs[0] {
+			assert.Equal(t, "closed", s, "the breaker of %s", a)
+		}
+	}
+	assert.Equal(t, "open", st.Breaker)
+	hits := st.ByName["keys"].Hits
+	degraded := st.ByName["keys"].Degraded
+	for range 10 {
+		v, err := GetOrLoad(ctx, m, up, load)
+		require.NoError(t, err)
+		require.Equal(t, "v", v)
+	}
+	st = m.Stats()
+	assert.Equal(t, hits+10, st.ByName["keys"].Hits, "the other masters' keys are read from Redis")
+	assert.Equal(t, degraded, st.ByName["keys"].Degraded)
+
+	proxy.SetBlackhole(false)
+	require.Eventually(t, func() bool {
+		before := m.Stats().ByName["keys"].Hits
+		_, err := GetOrLoad(ctx, m, down, load)
+		return err == nil && m.Stats().ByName["keys"].Hits > before
+	}, 10*time.Second, 20*time.Millisecond, "the master's keys are read from Redis once it answers again")
+	assert.Equal(t, "closed", m.Stats().Breakers[addrs[0]])
 }

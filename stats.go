@@ -148,8 +148,12 @@ type Stats struct {
 	// Local counts the in-process tier's work; zero without one.
 	Local LocalStats
 	// Breaker is the circuit breaker's state: "closed", "open", "half-open"
-	// or "off".
+	// or "off". On a cluster it is the least healthy master's.
 	Breaker string
+	// Breakers has the state of each master's breaker on a cluster, by
+	// address ("cluster" for the calls made before the client knew the
+	// masters); nil otherwise.
+	Breakers map[string]string
 }
 
 // Names returns the names in s, sorted.
@@ -167,6 +171,7 @@ func (m *Manager) Stats() Stats {
 	s := m.stats.snapshot()
 	s.Invalidations = m.inv.snapshot()
 	s.Breaker = m.BreakerState()
+	s.Breakers = m.nodeBreakerStates()
 	s.Local = m.local.snapshot()
 	return s
 }

@@ -100,12 +100,14 @@ func (m *Manager) TTL(ctx context.Context, key string) (time.Duration, error) {
 func (m *Manager) pttl(ctx context.Context, st *counters, key string) (time.Duration, error) {
 	cmd := redis.NewDurationCmd(ctx, time.Millisecond, "pttl", key)
 	err := m.do(ctx, st, cmd)
-	d := cmd.Val()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return 0, ErrMiss
 	case err != nil:
 		return 0, err
+	}
+	d := cmd.Val()
+	switch {
 	case d == -2*time.Nanosecond || d == -2*time.Millisecond:
 		return 0, ErrMiss
 	case d < 0:
