@@ -1,14 +1,20 @@
 package cache
 
 import (
+	"fmt"
 	"os"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/stockpot-go/cache/internal/testredis"
 )
 
-// TestMain stops the cluster that testredis.Run shares between the tests.
+// TestMain runs the tests, stops the cluster that testredis.Run shares
+// between them, and fails if any goroutine is left behind: every Manager
+// the tests build is closed, and every client and server they start is
+// closed or stopped in their cleanup.
 //
 // The tests' Managers get a time budget of 10s unless a test sets one: the
 // budget's own tests set theirs, and the others are about behaviours that
@@ -18,5 +24,12 @@ import (
 // callers are not starved of CPU).
 func TestMain(m *testing.M) {
 	timeoutDefault = 10 * time.Second
-	os.Exit(testredis.Main(m))
+	code := testredis.Main(m)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind by the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
