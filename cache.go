@@ -156,9 +156,10 @@ type Manager struct {
 	stop context.CancelFunc // ends life
 
 	closed  atomic.Bool
-	closeMu sync.RWMutex // held for reading to start background work, for writing by Close
-	tasks   atomic.Int64 // background work the Manager started, running
-	running atomic.Int64 // calls running on goroutines of their own (see exchange)
+	closeMu sync.RWMutex   // held for reading to start background work, for writing by Close
+	tasks   atomic.Int64   // background work the Manager started, running
+	running atomic.Int64   // goroutines of the call path: workers, and forEachMaster's on a cluster
+	workers chan *exchange // the calls handed to a worker that waits for one (see exchange)
 
 	flights flightGroup
 	stats   registry
@@ -278,6 +279,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		}
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
+	m.workers = make(chan *exchange)
 	m.flights.m = make(map[string]*flight)
 	m.stats.obs = o.Observer
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
@@ -342,7 +344,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("cache: close: %d background tasks and %d Redis calls still running: %w", tasks, calls, ctx.Err())
+			return fmt.Errorf("cache: close: %d background tasks and %d goroutines of Redis calls still running: %w", tasks, calls, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(2*wait, 20*time.Millisecond)

@@ -435,14 +435,20 @@ func cmdKey(cmd redis.Cmder) string {
 // The exchange.
 //
 // A call whose deadline comes before go-redis would end it runs on a
-// goroutine of its own (runBy), and its caller waits for it or for the
-// deadline, whichever is first. The exchange it shares with that goroutine
-// is reused when the caller took the result (the hot path allocates only
-// the goroutine); when the caller stopped waiting, it belongs to the
-// goroutine, which judges the call for the breaker when it ends, if the
-// caller has not: a call cut short by its budget is a failure, one cut
-// short by its caller's deadline is judged by its outcome within its
-// budget.
+// worker, a goroutine of the Manager's (runBy), and its caller waits for
+// it or for the deadline, whichever is first. The exchange it shares with
+// the worker is reused when the caller took the result; when the caller
+// stopped waiting, it belongs to the worker, which judges the call for the
+// breaker when it ends, if the caller has not: a call cut short by its
+// budget is a failure, one cut short by its caller's deadline is judged by
+// its outcome within its budget.
+//
+// Workers are kept for workerIdle after their last call, and end on Close:
+// handing a call to a worker that waits costs about half as much as
+// starting a goroutine, whose stack grows anew to go-redis's depth each
+// time. A worker stuck on a call its caller stopped waiting for is not
+// given another until that call ends; a call that finds no worker waiting
+// starts one.
 
 // exchange states.
 const (
@@ -452,7 +458,6 @@ const (
 )
 
 type exchange struct {
-	m   *Manager
 	ctx context.Context
 	cl  call
 	err error
@@ -477,11 +482,15 @@ var exchanges = sync.Pool{New: func() any {
 // short, and the breakers were told or will be.
 func (m *Manager) runBy(ctx context.Context, cl call, tk tickets, end, budgetEnd time.Time, byCaller bool) (err error, done bool) {
 	x := exchanges.Get().(*exchange)
-	x.m, x.ctx, x.cl, x.tk, x.end = m, ctx, cl, tk, budgetEnd
+	x.ctx, x.cl, x.tk, x.end = ctx, cl, tk, budgetEnd
 	x.state.Store(xRunning)
 	x.judged.Store(false)
-	m.running.Add(1)
-	go x.run()
+	select {
+	case m.workers <- x:
+	default:
+		m.running.Add(1)
+		go m.work(x)
+	}
 	var expired <-chan time.Time
 	if !byCaller {
 		x.timer.Reset(time.Until(end))
@@ -523,10 +532,32 @@ func (x *exchange) finish() error {
 	return err
 }
 
-// run is the goroutine of an exchange.
-func (x *exchange) run() {
-	m := x.m
+// workerIdle is how long a worker waits for a call before it ends.
+const workerIdle = 10 * time.Second
+
+// work is a worker: it runs x, then the calls handed to it, until it has
+// waited workerIdle for one or the Manager closes.
+func (m *Manager) work(x *exchange) {
 	defer m.running.Add(-1)
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		x.run()
+		idle.Reset(workerIdle)
+		select {
+		case x = <-m.workers:
+		case <-idle.C:
+			return
+		case <-m.life.Done():
+			return
+		}
+	}
+}
+
+// run makes the exchange's call, and hands the result to its caller or,
+// when the caller has gone, judges the call. It must not touch x once the
+// caller has the result.
+func (x *exchange) run() {
 	err := x.cl.run(x.ctx)
 	x.err = err
 	if x.state.CompareAndSwap(xRunning, xDone) {
