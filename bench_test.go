@@ -41,7 +41,7 @@ func benchPayload() []benchRow {
 func benchSetup(b *testing.B) (*testredis.Server, *redis.Client, *Manager) {
 	srv := testredis.Start(b)
 	rdb := srv.Client(b)
-	m, err := New(rdb, &Options{Prefix: "bench"})
+	m, err := New(rdb, &Options{Prefix: "bench", Timeout: defaultTimeout})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -258,12 +258,12 @@ func BenchmarkStaleRead(b *testing.B) {
 func BenchmarkLocalHit(b *testing.B) {
 	srv := testredis.Start(b)
 	rdb := srv.Client(b)
-	m, err := New(rdb, &Options{Prefix: "bench", Local: &LocalOptions{TTL: time.Hour}})
+	m, err := New(rdb, &Options{Prefix: "bench", Timeout: defaultTimeout, Local: &LocalOptions{TTL: time.Hour}})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = m.Close() })
-	remote, err := New(srv.Client(b), &Options{Prefix: "bench"})
+	remote, err := New(srv.Client(b), &Options{Prefix: "bench", Timeout: defaultTimeout})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func BenchmarkLocalHit(b *testing.B) {
 func BenchmarkBreakerOpen(b *testing.B) {
 	srv := testredis.Start(b)
 	rdb := srv.ClientWith(b, func(o *redis.Options) { o.MaxRetries = -1; o.DialerRetries = 1 })
-	m, err := New(rdb, &Options{Prefix: "bench", Breaker: BreakerOptions{Failures: 1, CoolDown: time.Hour}})
+	m, err := New(rdb, &Options{Prefix: "bench", Timeout: defaultTimeout, Breaker: BreakerOptions{Failures: 1, CoolDown: time.Hour}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -362,6 +362,36 @@ func BenchmarkBreakerOpen(b *testing.B) {
 			}
 		}
 	})
+	// The two alternated op by op (as in BenchmarkHitInterleaved): the
+	// median of each and the difference, what the cache adds to the loader.
+	b.Run("interleaved", func(b *testing.B) {
+		alone := func() {
+			if _, err := load(ctx, "ana"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		open := func() {
+			if _, err := feed.Get(ctx, "ana"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var loader, ours []time.Duration
+		for i := 0; b.Loop(); i++ {
+			if i%2 == 0 {
+				loader = append(loader, timeOne(alone))
+				ours = append(ours, timeOne(open))
+			} else {
+				ours = append(ours, timeOne(open))
+				loader = append(loader, timeOne(alone))
+			}
+		}
+		slices.Sort(loader)
+		slices.Sort(ours)
+		l, o := loader[len(loader)/2], ours[len(ours)/2]
+		b.ReportMetric(float64(l.Nanoseconds()), "loader-ns")
+		b.ReportMetric(float64(o.Nanoseconds()), "breaker-open-ns")
+		b.ReportMetric(float64((o - l).Nanoseconds()), "added-ns")
+	})
 }
 
 // spinSink keeps spin's work from being optimised away.
@@ -374,4 +404,96 @@ func spin(n int) {
 		x += i * i
 	}
 	spinSink = x
+}
+
+// BenchmarkHitInterleaved alternates, op by op, the raw go-redis baseline
+// (GET and decode) with the same hit through stockpot, so that both meet
+// the same machine: on a shared machine, whose load changes from one
+// second to the next, this compares them more closely than two benchmarks
+// run one after the other. It reports the median time of each, their ratio
+// and the difference. The variants show what bounding a call by its
+// deadline costs: the default (a goroutine per call, the client not
+// honouring context deadlines), a client with ContextTimeoutEnabled, and
+// the budget off (no bound beyond the client's).
+func BenchmarkHitInterleaved(b *testing.B) {
+	srv, rdb, m := benchSetup(b)
+	ctx := context.Background()
+	payload := benchPayload()
+	rawGet := rawBaseline(b, rdb, payload)
+	if err := m.Set(ctx, "dashboard", payload); err != nil {
+		b.Fatal(err)
+	}
+	ctxTimeouts, err := New(srv.ClientWith(b, func(o *redis.Options) { o.ContextTimeoutEnabled = true }),
+		&Options{Prefix: "bench", Timeout: defaultTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ctxTimeouts.Close() })
+	unbounded, err := New(srv.Client(b), &Options{Prefix: "bench", Timeout: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = unbounded.Close() })
+	type query struct {
+		Region string
+		Limit  int
+	}
+	compute := func(ctx context.Context, q query) ([]benchRow, error) { return payload, nil }
+	memo := Memoize(m, "leaderboard", compute)
+	q := query{Region: "Mumbai", Limit: 20}
+	if _, err := memo.Get(ctx, q); err != nil {
+		b.Fatal(err)
+	}
+	get := func(m *Manager) func() {
+		return func() {
+			if _, err := Get[[]benchRow](ctx, m, "dashboard"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	memoGet := func(m *Manager) func() {
+		memo := Memoize(m, "leaderboard", compute)
+		return func() {
+			if _, err := memo.Get(ctx, q); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name string
+		hit  func()
+	}{
+		{"Get", get(m)},
+		{"Get/ContextTimeoutEnabled", get(ctxTimeouts)},
+		{"Get/budget-off", get(unbounded)},
+		{"MemoGet", memoGet(m)},
+		{"MemoGet/ContextTimeoutEnabled", memoGet(ctxTimeouts)},
+		{"MemoGet/budget-off", memoGet(unbounded)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var raw, ours []time.Duration
+			for i := 0; b.Loop(); i++ {
+				if i%2 == 0 {
+					raw = append(raw, timeOne(rawGet))
+					ours = append(ours, timeOne(c.hit))
+				} else {
+					ours = append(ours, timeOne(c.hit))
+					raw = append(raw, timeOne(rawGet))
+				}
+			}
+			slices.Sort(raw)
+			slices.Sort(ours)
+			r, o := raw[len(raw)/2], ours[len(ours)/2]
+			b.ReportMetric(float64(r.Nanoseconds()), "raw-ns")
+			b.ReportMetric(float64(o.Nanoseconds()), "stockpot-ns")
+			b.ReportMetric(float64(o)/float64(r), "ratio")
+		})
+	}
+}
+
+// timeOne returns how long f took.
+func timeOne(f func()) time.Duration {
+	start := time.Now()
+	f()
+	return time.Since(start)
 }
