@@ -118,6 +118,7 @@ type Options struct {
 // Close it on shutdown.
 type Manager struct {
 	rdb     redis.UniversalClient
+	oneNode bool     // rdb is a single node's client, so one command may take keys of several slots
 	breaker *breaker // nil when turned off
 	opts    Options
 	prefix  string // opts.Prefix + ":"
@@ -216,12 +217,14 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	_, oneNode := rdb.(*redis.Client)
 	m := &Manager{
-		rdb:    rdb,
-		opts:   o,
-		prefix: o.Prefix + ":",
-		log:    log,
-		now:    o.Now,
+		rdb:     rdb,
+		oneNode: oneNode,
+		opts:    o,
+		prefix:  o.Prefix + ":",
+		log:     log,
+		now:     o.Now,
 	}
 	if o.Local != nil {
 		lo := *o.Local

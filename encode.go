@@ -14,34 +14,46 @@ import (
 // encode returns v's stored form: the envelope with header h around v's
 // encoding, compressed above Options.CompressAbove.
 func (m *Manager) encode(v any, h envelope.Header) ([]byte, error) {
+	payload, flags, err := m.marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	h.Flags |= flags
+	return m.seal(v, h, payload)
+}
+
+// marshal returns v's encoding, compressed above Options.CompressAbove, and
+// the flags that say so.
+func (m *Manager) marshal(v any) ([]byte, envelope.Flags, error) {
 	payload, err := m.opts.Codec.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("cache: encode %T: %w", v, err)
+		return nil, 0, fmt.Errorf("cache: encode %T: %w", v, err)
 	}
 	if m.opts.CompressAbove >= 0 && len(payload) > m.opts.CompressAbove {
 		if c := s2.Encode(nil, payload); len(c) < len(payload) {
-			payload = c
-			h.Flags |= envelope.Compressed
+			return c, envelope.Compressed, nil
 		}
 	}
-	if n := envelope.MaxHeaderLen + len(payload); n > m.opts.MaxValueSize {
-		// The header's true length is a few bytes less; measure it exactly
-		// only when the bound says the value may be too large.
-		if n = len(envelope.Append(nil, h, nil)) + len(payload); n > m.opts.MaxValueSize {
-			return nil, fmt.Errorf("%w: %T is %d bytes stored, MaxValueSize is %d", ErrValueTooLarge, v, n, m.opts.MaxValueSize)
-		}
-	}
-	return envelope.Append(make([]byte, 0, envelope.MaxHeaderLen+len(payload)), h, payload), nil
+	return payload, 0, nil
 }
 
-// negative returns the stored form of a remembered ErrNotFound.
-func (m *Manager) negative(now time.Time, ttl time.Duration, gen uint64) []byte {
-	return envelope.Append(nil, envelope.Header{
-		Flags:      envelope.Negative,
-		WrittenAt:  now.UnixMilli(),
-		FreshUntil: freshUntil(now, ttl),
-		Gen:        gen,
-	}, nil)
+// seal returns the envelope of v's payload with header h, or
+// ErrValueTooLarge.
+func (m *Manager) seal(v any, h envelope.Header, payload []byte) ([]byte, error) {
+	hl := envelope.HeaderLen(h)
+	if n := hl + len(payload); n > m.opts.MaxValueSize {
+		return nil, fmt.Errorf("%w: %T is %d bytes stored, MaxValueSize is %d", ErrValueTooLarge, v, n, m.opts.MaxValueSize)
+	}
+	return envelope.Append(make([]byte, 0, hl+len(payload)), h, payload), nil
+}
+
+// negative returns the stored form of a remembered ErrNotFound, with header
+// h (its times set here).
+func (m *Manager) negative(now time.Time, ttl time.Duration, h envelope.Header) []byte {
+	h.Flags = envelope.Negative
+	h.WrittenAt = now.UnixMilli()
+	h.FreshUntil = freshUntil(now, ttl)
+	return envelope.Append(nil, h, nil)
 }
 
 // freshUntil is the fresh-until of an entry written at now to live ttl (0
@@ -80,19 +92,41 @@ func (m *Manager) decodePayload(h envelope.Header, payload []byte, dst any) erro
 type readState uint8
 
 const (
-	stateMiss     readState = iota // nothing usable
-	stateHit                       // a fresh value
-	stateStale                     // a value past its fresh-until, still in Redis
-	stateNegative                  // a remembered ErrNotFound, still fresh
+	stateMiss      readState = iota // nothing usable
+	stateHit                        // a fresh value
+	stateStale                      // a value past its fresh-until, still in Redis
+	stateNegative                   // a remembered ErrNotFound, still fresh
+	stateOtherTags                  // an entry whose tags' generations were not read with it
 )
 
-// lookup decodes stored bytes b of ref into dst. When wantGen is not "" the
-// entry counts only if it was written under that generation. Bytes that do
-// not decode are counted and reported as a miss, with the reason.
-func (m *Manager) lookup(st *counters, ref entryRef, b []byte, wantGen string, dst any) (envelope.Header, readState, error) {
+// expect is what an entry must have been stored under to be served: the
+// generations its container and its tags have now.
+type expect struct {
+	gen  string   // the container's generation; "" for an entry without one
+	tags []string // the tags whose generations were read
+	gens []string // their generations ("" where one has none)
+}
+
+// lookup decodes stored bytes b of ref into dst, if they were stored under
+// want (nil: a string entry without tags, or any tags for stateOtherTags
+// to report). Bytes that do not decode are counted and reported as a miss,
+// with the reason.
+func (m *Manager) lookup(st *counters, ref entryRef, b []byte, want *expect, dst any) (envelope.Header, readState, error) {
 	h, payload, err := envelope.Decode(b)
-	if err == nil && wantGen != "" && !sameGen(h.Gen, wantGen) {
-		return h, stateMiss, nil
+	if err == nil {
+		var tags, gens []string
+		if want != nil {
+			if want.gen != "" && !sameGen(h.Gen, want.gen) {
+				return h, stateMiss, nil
+			}
+			tags, gens = want.tags, want.gens
+		}
+		switch checkTags(h.Tags, tags, gens) {
+		case tagsMoved:
+			return h, stateMiss, nil
+		case tagsOther:
+			return h, stateOtherTags, nil
+		}
 	}
 	now := m.now().UnixMilli()
 	fresh := h.FreshUntil == 0 || now < h.FreshUntil

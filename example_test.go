@@ -30,6 +30,13 @@ func newExampleManagerWith(opts *cache.Options) (*cache.Manager, func()) {
 	if err != nil {
 		panic(err)
 	}
+	// The local tier is used once its subscription is up.
+	for deadline := time.Now().Add(10 * time.Second); opts != nil && opts.Local != nil && !m.Stats().Local.Subscribed; {
+		if time.Now().After(deadline) {
+			panic("the local tier's subscription did not come up")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	return m, func() { m.Close(); rdb.Close(); mr.Close() }
 }
 

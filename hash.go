@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"strconv"
@@ -65,7 +66,7 @@ func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
-	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), &v)
+	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), h.s.tags, &v)
 	if err != nil {
 		return v, err
 	}
@@ -86,30 +87,28 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	ttl := h.s.expiry()
 	now := h.m.now()
 	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)}
-	args := make([]any, 0, 2*len(items))
-	leases := make([]string, 0, len(items))
-	refs := make([]entryRef, 0, len(items))
-	for f, v := range items {
-		if f == "" {
-			return fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
-		}
-		b, err := h.m.encode(v, hdr)
-		if err != nil {
-			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
-		}
-		args = append(args, f, b)
-		ref := h.ref(f).withLease()
-		leases = append(leases, ref.lease)
-		refs = append(refs, ref)
-	}
-	if len(items) == 0 {
-		return nil
-	}
-	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
+	args, refs, err := h.encodeFields(items, hdr)
+	if err != nil || len(items) == 0 {
 		return err
 	}
-	_, err := h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
-		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
+	if len(h.s.tags) > 0 {
+		section, err := h.m.tagSectionNow(ctx, h.st, &h.s)
+		if err != nil {
+			return err
+		}
+		if err := h.retag(items, args, section); err != nil {
+			return err
+		}
+	}
+	leases := make([]string, len(refs))
+	for i, r := range refs {
+		leases[i] = r.lease
+	}
+	_, err = h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
+		// Void the loads in flight, single fields' and warms', so that
+		// they cannot overwrite.
+		p.Del(ctx, leases...)
+		p.Del(ctx, h.ver)
 		p.HSet(ctx, h.key, args...)
 		h.expire(ctx, p, h.s.keep(ttl))
 	})
@@ -123,6 +122,39 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 			keys[i] = localKey(r)
 		}
 		h.m.dropEverywhere(ctx, false, keys)
+	}
+	return nil
+}
+
+// encodeFields returns the HSET arguments of items, each with header hdr,
+// and the refs (with leases) of their fields.
+func (h *Hash[T]) encodeFields(items map[string]T, hdr envelope.Header) ([]any, []entryRef, error) {
+	args := make([]any, 0, 2*len(items))
+	refs := make([]entryRef, 0, len(items))
+	for f, v := range items {
+		if f == "" {
+			return nil, nil, fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
+		}
+		b, err := h.m.encode(v, hdr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+		}
+		args = append(args, f, b)
+		refs = append(refs, h.ref(f).withLease())
+	}
+	return args, refs, nil
+}
+
+// retag puts the tags section in every value of args, HSET arguments
+// made by encodeFields for items.
+func (h *Hash[T]) retag(items map[string]T, args []any, section []byte) error {
+	for i := 0; i < len(args); i += 2 {
+		f := args[i].(string)
+		b, err := h.m.retag(items[f], args[i+1].([]byte), section)
+		if err != nil {
+			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+		}
+		args[i+1] = b
 	}
 	return nil
 }
@@ -168,21 +200,48 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 	if err := h.check(ctx); err != nil {
 		return nil, err
 	}
-	cmd := redis.NewMapStringStringCmd(ctx, "hgetall", h.key)
-	if err := h.m.do(ctx, h.st, cmd); err != nil {
+	var all *redis.MapStringStringCmd
+	gens := make([]*redis.StringCmd, len(h.s.tags))
+	_, err := h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
+		all = p.HGetAll(ctx, h.key)
+		for i, t := range h.s.tags {
+			gens[i] = p.Get(ctx, h.m.tagKey(t))
+		}
+	})
+	if err != nil {
 		return nil, err
 	}
-	raw := cmd.Val()
+	want := expect{tags: h.s.tags, gens: make([]string, len(gens))}
+	for i, c := range gens {
+		want.gens[i] = c.Val()
+	}
+	raw := all.Val()
 	out := make(map[string]T, len(raw))
 	var bad FieldErrors
+	var other []string    // fields stored with other tags, looked up again below
+	var sections [][]byte // their tags
 	for f, s := range raw {
 		var v T
-		_, state, err := h.m.lookup(h.st, entryRef{kind: refField, key: h.key, field: f}, bytesOf(s), "", &v)
+		hdr, state, err := h.m.lookup(h.st, h.ref(f), bytesOf(s), &want, &v)
 		switch {
 		case err != nil:
 			bad = append(bad, err.(*DecodeError))
+		case state == stateOtherTags:
+			other, sections = append(other, f), append(sections, hdr.Tags)
 		case state == stateHit:
 			out[f] = v
+		}
+	}
+	if len(other) > 0 {
+		wants, err := h.m.otherTags(ctx, h.st, sections)
+		if err != nil {
+			return nil, err
+		}
+		for i, f := range other {
+			var v T
+			if _, state, _ := h.m.lookup(h.st, h.ref(f), bytesOf(raw[f]), &wants[i], &v); state == stateHit {
+				out[f] = v
+			}
 		}
 	}
 	h.st.add(EventHit, uint64(len(out)))
@@ -262,37 +321,28 @@ func (h *Hash[T]) entry(ctx context.Context, field string, hasLoader bool) (entr
 	return entry{ref: h.ref(field), s: h.s, st: h.st, tags: h.s.tags}, nil
 }
 
-// storeLoaded writes items, loaded after the hash's generation was gen and
-// its field version ver, unless an invalidation of the hash or of any of
-// its fields came since; it reports whether it wrote.
-func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver string) (bool, error) {
+// storeLoaded writes items, loaded after the hash's generation was gen,
+// its field version ver and its tags' generations gens, unless an
+// invalidation of the hash or of any of its fields came since; it reports
+// whether it wrote. (An invalidation of a tag does not stop the write: the
+// fields it writes then carry a generation their tag no longer has, and
+// are misses.)
+func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, v hashVersions) (bool, error) {
 	ttl := h.s.expiry()
 	now := h.m.now()
-	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl), Gen: parseGen(gen)}
-	keys := make([]string, 3, 3+len(items))
+	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl), Gen: parseGen(v.gen), Tags: tagSection(h.s.tags, v.tags)}
+	fields, refs, err := h.encodeFields(items, hdr)
+	if err != nil || len(items) == 0 {
+		return err == nil, err
+	}
+	keys := make([]string, 3, 3+len(refs))
 	keys[0], keys[1], keys[2] = h.key, h.gen, h.ver
-	args := make([]any, 3, 3+2*len(items))
-	args[0], args[1], args[2] = gen, ver, h.s.keep(ttl).Milliseconds()
-	refs := make([]entryRef, 0, len(items))
-	for f, v := range items {
-		if f == "" {
-			return false, fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
-		}
-		b, err := h.m.encode(v, hdr)
-		if err != nil {
-			return false, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
-		}
-		ref := h.ref(f).withLease()
-		refs = append(refs, ref)
-		keys = append(keys, ref.lease)
-		args = append(args, f, b)
+	for _, r := range refs {
+		keys = append(keys, r.lease)
 	}
-	if len(items) == 0 {
-		return true, nil
-	}
-	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
-		return false, err
-	}
+	args := make([]any, 3, 3+len(fields))
+	args[0], args[1], args[2] = v.gen, v.ver, h.s.keep(ttl).Milliseconds()
+	args = append(args, fields...)
 	n, err := h.m.eval(ctx, h.st, scripts.StoreFields, keys, args...).Int()
 	if err != nil {
 		return false, err
@@ -312,21 +362,28 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver 
 	return true, nil
 }
 
-// versions returns the hash's generation and field version ("0" when unset).
-func (h *Hash[T]) versions(ctx context.Context) (gen, ver string, err error) {
-	cmd := redis.NewSliceCmd(ctx, "mget", h.gen, h.ver) // one slot
-	if err := h.m.do(ctx, h.st, cmd); err != nil {
-		return "", "", err
+// hashVersions are what a warm of a hash loads under: its generation, its
+// field version and its tags' generations.
+type hashVersions struct {
+	gen, ver string
+	tags     []string
+}
+
+// versions returns the hash's versions, making those that are missing,
+// before a warm loads it.
+func (h *Hash[T]) versions(ctx context.Context) (hashVersions, error) {
+	var v hashVersions
+	cmd := h.m.eval(ctx, h.st, scripts.Gens, []string{h.gen, h.ver}, newGen(), newGen()) // one slot
+	vals, err := cmd.StringSlice()
+	if err != nil {
+		return v, err
 	}
-	vals := cmd.Val()
-	gen, ver = "0", "0"
-	if s, ok := vals[0].(string); ok {
-		gen = s
+	if len(vals) != 2 {
+		return v, errors.New("cache: unexpected reply from the gens script")
 	}
-	if s, ok := vals[1].(string); ok {
-		ver = s
-	}
-	return gen, ver, nil
+	v.gen, v.ver = vals[0], vals[1]
+	v.tags, err = h.m.tagGens(ctx, h.st, h.s.tags, h.m.tagKeep(&entry{s: h.s}))
+	return v, err
 }
 
 // newGen returns a new generation for a container: a random number, so a

@@ -65,6 +65,10 @@ func (e *env) manager(opts *Options) *Manager {
 	m, err := New(e.b.Client(e.t), &o)
 	require.NoError(e.t, err)
 	e.t.Cleanup(func() { _ = m.Close() })
+	if o.Local != nil {
+		require.Eventually(e.t, func() bool { return m.Stats().Local.Subscribed }, 10*time.Second, time.Millisecond,
+			"the local tier's subscription did not come up")
+	}
 	return m
 }
 

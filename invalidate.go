@@ -142,14 +142,11 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 			p.gens = append(p.gens, t.gen)
 			p.detachPrefixes = append(p.detachPrefixes, t.key)
 		case targetTag:
-			p.tags = append(p.tags, m.tagKey(t.name))
+			p.gens = append(p.gens, m.tagKey(t.name))
 		case targetPrefix:
 			p.prefixes = append(p.prefixes, t.name)
 			p.detachPrefixes = append(p.detachPrefixes, m.keyPrefix(t.name))
 		}
-	}
-	if err := m.resolveTags(ctx, &p); err != nil {
-		return err
 	}
 	if err := m.resolvePrefixes(ctx, &p); err != nil {
 		return err
@@ -163,19 +160,18 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 		for _, r := range p.fields {
 			if !moved[r.key] {
 				moved[r.key] = true
-				pipe.Incr(ctx, versionOf(r.key)) // voids a warm of the hash loading meanwhile
+				pipe.Del(ctx, versionOf(r.key)) // voids a warm of the hash loading meanwhile
 			}
 			pipe.Del(ctx, r.lease)
 			pipe.HDel(ctx, r.key, r.field)
 		}
+		// A generation deleted is a new one for the next load: the entries
+		// of the old one are misses from then on.
 		for _, g := range p.gens {
-			pipe.Set(ctx, g, newGen(), 0)
+			pipe.Del(ctx, g)
 		}
 		for _, h := range p.hashes {
 			pipe.Unlink(ctx, h)
-		}
-		for _, k := range p.unlink {
-			pipe.Unlink(ctx, k)
 		}
 	})
 	if err == nil && len(p.prefixes) > 0 {
@@ -218,11 +214,9 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 type invalidation struct {
 	strings        []entryRef // string entries: delete lease and entry
 	fields         []entryRef // hash fields: delete lease, then the field
-	gens           []string   // generations to move
+	gens           []string   // generations to delete: of memos, hashes and tags
 	hashes         []string   // hashes to delete
-	tags           []string   // tag sets to resolve into entries
 	prefixes       []string   // key prefixes to resolve into entries
-	unlink         []string   // bookkeeping keys to delete
 	detachPrefixes []string   // flights to detach by key prefix
 }
 
@@ -256,8 +250,9 @@ type InvalidationStats struct {
 	// ByKind counts the targets invalidated, by kind: "key", "field",
 	// "hash", "entry", "memo", "tag", "prefix".
 	ByKind map[string]uint64
-	// Removed counts the entries deleted (a hash or a tag's entry counts
-	// one each; a memo's All, which moves a generation, counts none).
+	// Removed counts the entries deleted: a key, a field, a memo entry or a
+	// whole hash counts one each; a memo's All and a tag, which move a
+	// generation and delete no entry, count none.
 	Removed uint64
 	// Events counts Emit calls with at least one rule; UnknownEvents those
 	// with none.

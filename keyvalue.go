@@ -29,10 +29,16 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	if err != nil {
 		return err
 	}
-	ref := m.keyRef(key).withLease()
-	if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), ref); err != nil {
-		return err
+	if len(s.tags) > 0 {
+		section, err := m.tagSectionNow(ctx, m.kv, &s)
+		if err != nil {
+			return err
+		}
+		if b, err = m.retag(v, b, section); err != nil {
+			return err
+		}
 	}
+	ref := m.keyRef(key).withLease()
 	_, err = m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, s.keep(ttl))
@@ -114,7 +120,7 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), dst)
+	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst)
 	if err != nil {
 		return err
 	}
@@ -165,6 +171,8 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 		return nil, err
 	}
 	out := make(map[string]T, len(keys))
+	var tagged []int      // entries carrying tags, looked up again below
+	var sections [][]byte // their tags
 	for i, cmd := range cmds {
 		s, err := cmd.Result()
 		if err != nil {
@@ -172,7 +180,25 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 			continue
 		}
 		var v T
-		_, state, _ := m.lookup(m.kv, refs[i], bytesOf(s), "", &v)
+		h, state, _ := m.lookup(m.kv, refs[i], bytesOf(s), nil, &v)
+		if state == stateOtherTags {
+			tagged, sections = append(tagged, i), append(sections, h.Tags)
+			continue
+		}
+		if countRead(m.kv, state) == nil {
+			out[keys[i]] = v
+		}
+	}
+	if len(tagged) == 0 {
+		return out, nil
+	}
+	wants, err := m.otherTags(ctx, m.kv, sections)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range tagged {
+		var v T
+		_, state, _ := m.lookup(m.kv, refs[i], bytesOf(cmds[i].Val()), &wants[j], &v)
 		if countRead(m.kv, state) == nil {
 			out[keys[i]] = v
 		}
@@ -192,6 +218,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		return s.err
 	}
 	type write struct {
+		key string
 		ref entryRef
 		b   []byte
 		ttl time.Duration
@@ -207,15 +234,17 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		if err != nil {
 			return fmt.Errorf("cache: key %q: %w", k, err)
 		}
-		writes = append(writes, write{m.keyRef(k).withLease(), b, s.keep(ttl)})
+		writes = append(writes, write{k, m.keyRef(k).withLease(), b, s.keep(ttl)})
 	}
 	if len(s.tags) > 0 {
-		refs := make([]entryRef, len(writes))
-		for i, w := range writes {
-			refs[i] = w.ref
-		}
-		if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), refs...); err != nil {
+		section, err := m.tagSectionNow(ctx, m.kv, &s)
+		if err != nil {
 			return err
+		}
+		for i, w := range writes {
+			if writes[i].b, err = m.retag(items[w.key], w.b, section); err != nil {
+				return fmt.Errorf("cache: key %q: %w", w.key, err)
+			}
 		}
 	}
 	_, err := m.pipe(ctx, m.kv, func(p redis.Pipeliner) {

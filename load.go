@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	mrand "math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -121,16 +123,6 @@ const maxLeasePoll = 16 * time.Millisecond
 // began before it was asked for.
 const forcedPrefix = "!"
 
-// tagMargin is how long a load's tags remember its entry when recorded
-// before the load: its TTL plus a lease's time for the load itself.
-func (m *Manager) tagMargin(e *entry) time.Duration {
-	ttl := e.s.tagTTL()
-	if ttl == 0 {
-		return 0
-	}
-	return ttl + m.opts.LeaseTTL
-}
-
 // loadEntry returns e's value, loading it with l when it is missing (or
 // always, when force is set), shared as described above.
 func loadEntry[A, T any](ctx context.Context, m *Manager, e entry, force bool, l loader[A, T]) (T, error) {
@@ -199,7 +191,7 @@ func (m *Manager) acquire(ctx context.Context, e *entry, token string, take bool
 	if take {
 		flag = "1"
 	}
-	res, err := m.eval(ctx, e.st, scripts.Acquire, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag).Slice()
+	res, err := m.eval(ctx, e.st, scripts.Acquire, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag, newGen()).Slice()
 	if err != nil {
 		return acquired{}, err
 	}
@@ -216,25 +208,28 @@ func (m *Manager) acquire(ctx context.Context, e *entry, token string, take bool
 }
 
 // runLoad is a flight's work: find the value, or take the lease and load it.
-// It returns the value with the time the Redis call that found or stored it
-// began (see flight.at).
+// It returns the value with the time the Redis calls that found or stored
+// it began (see flight.at). A forced load (Refresh) never takes a value it
+// did not load, and its result goes only to the callers that joined before
+// its loader began.
 func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l loader[A, T]) (v T, at time.Time, err error) {
 	var zero T
 	token := newToken()
-	start := m.now().UnixMilli()
 	take := force
 	waited := false
 	backoff := time.Millisecond
-	// Tags are recorded before the lease is taken: an invalidation of a tag
-	// that does not see this record ran before the load began.
-	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
+	// The tags' generations come first: the value loaded below is stored
+	// with them, and counts only while they stay.
+	read := time.Now()
+	gens, err := m.tagGens(ctx, e.st, e.tags, m.tagKeep(e))
+	if err != nil {
 		if ctx.Err() != nil {
 			return zero, time.Time{}, ctx.Err()
 		}
 		e.st.add(EventDegraded, 1)
-		return loadDegraded(ctx, e, l, err)
+		return loadDegraded(ctx, e, force, l, err)
 	}
-	tagged := time.Now()
+	want := expect{tags: e.tags, gens: gens}
 	for {
 		asked := time.Now()
 		a, err := m.acquire(ctx, e, token, take)
@@ -246,22 +241,27 @@ func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l 
 			// which is not stored.
 			e.st.add(EventDegraded, 1)
 			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", e.ref.key, "field", e.ref.field, "err", err)
-			return loadDegraded(ctx, e, l, err)
+			return loadDegraded(ctx, e, force, l, err)
 		}
-		if a.value != nil && a.status != leaseTaken {
-			// A value is there: take it if it is usable.
+		want.gen = a.gen
+		if a.value != nil && a.status != leaseTaken && !force {
+			// A value is there: take it if it is usable. It is as recent
+			// as the first of the reads that vouch for it: its tags'
+			// generations, if it has tags, else itself.
+			vouched := asked
+			if len(e.tags) > 0 {
+				vouched = read
+			}
 			var v T
-			h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v)
-			if !force || h.WrittenAt >= start {
-				switch state {
-				case stateHit:
-					return v, asked, nil
-				case stateNegative:
-					return zero, asked, ErrNotFound
-				}
+			_, state, _ := m.lookup(e.st, e.ref, a.value, &want, &v)
+			switch state {
+			case stateHit:
+				return v, vouched, nil
+			case stateNegative:
+				return zero, vouched, ErrNotFound
 			}
 			if a.status == valuePresent {
-				take = true // stale, old or corrupt: load it
+				take = true // stale, old, corrupt or of moved tags: load it
 				continue
 			}
 		}
@@ -279,47 +279,81 @@ func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l 
 
 		// The lease is ours.
 		began := time.Now()
-		v, storedAt, voided, err := loadAndStore(ctx, m, e, l, token, a.gen)
-		if ttl := e.s.tagTTL(); !storedAt.IsZero() && len(e.tags) > 0 && ttl > 0 && time.Since(tagged) > m.opts.LeaseTTL {
-			// The load outlived the margin the tags were recorded with.
-			_ = m.tagEntry(ctx, e.st, e.tags, ttl, e.ref)
+		v, st, err := loadAndStore(ctx, m, e, l, held{token: token, gen: a.gen, gens: gens, force: force})
+		if !st.voided && !st.at.IsZero() && len(e.tags) > 0 {
+			// An invalidation of a tag does not void the lease: check that
+			// none came while the value loaded, before the callers that
+			// joined meanwhile take it.
+			now, rerr := m.readTagGens(ctx, e.st, e.tags)
+			st.voided = rerr != nil || !slices.Equal(now, gens)
 		}
-		if voided {
+		switch {
+		case st.voided:
 			e.st.add(EventVoidedStore, 1)
 			return v, began, err
+		case force:
+			if st.err != nil && err == nil {
+				err = notStored(st.err)
+			}
+			return v, began, err
+		case st.at.IsZero() && st.err != nil && !unreachable(st.err):
+			// Redis answered the store with an error (out of memory, say):
+			// as for a voided store, nothing vouches for the value.
+			return v, began, err
 		}
-		return v, storedAt, err
+		return v, st.at, err
 	}
 }
 
-// loadAndStore runs the loader under the lease held with token and stores
-// its result. It returns when the store call began (zero when nothing was
-// stored: an error, or Redis failing), and whether an invalidation voided
-// the store; the loaded value is returned all the same.
-func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], token, gen string) (T, time.Time, bool, error) {
+// notStored is the error of a forced load (Refresh) whose value Redis did
+// not store, the old value staying: cause is Redis's error.
+func notStored(cause error) error {
+	return fmt.Errorf("cache: the refreshed value was not stored: %w", unavailable(cause))
+}
+
+// held is what a load holds while its loader runs: its lease, and what its
+// value is stored under.
+type held struct {
+	token string
+	gen   string   // the container's generation
+	gens  []string // the tags' generations
+	force bool     // a forced load (Refresh), which deletes the old value when its store is refused
+}
+
+// stored is what became of a loaded value's store.
+type stored struct {
+	at     time.Time // when the store call began; zero when nothing was stored
+	voided bool      // an invalidation voided the store
+	err    error     // why the store failed, when Redis failed it
+}
+
+// loadAndStore runs the loader under the lease and stores its result, as
+// hd says. It returns the loaded value, what became of its store, and the
+// loader's error.
+func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], hd held) (T, stored, error) {
 	var zero T
+	token, gen := hd.token, hd.gen
 	stopRenew := m.keepLease(ctx, e, token)
 	v, took, err := callLoader(ctx, e.st, l)
 	stopRenew()
 	now := m.now()
 	var b []byte
 	ttl := e.s.expiry()
+	h := envelope.Header{Gen: parseGen(gen), Tags: tagSection(e.tags, hd.gens)}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		ttl = m.opts.NegativeTTL
-		b = m.negative(now, ttl, parseGen(gen))
+		b = m.negative(now, ttl, h)
 		err = ErrNotFound
 	case err == nil:
-		b, err = m.encode(v, envelope.Header{
-			WrittenAt:    now.UnixMilli(),
-			FreshUntil:   freshUntil(now, ttl),
-			LoadDuration: uint64(took.Microseconds()),
-			Gen:          parseGen(gen),
-		})
+		h.WrittenAt = now.UnixMilli()
+		h.FreshUntil = freshUntil(now, ttl)
+		h.LoadDuration = uint64(took.Microseconds())
+		b, err = m.encode(v, h)
 	}
 	if b == nil {
 		m.release(e.st, e.ref.lease, token)
-		return zero, time.Time{}, false, err
+		return zero, stored{}, err
 	}
 	keys := []string{e.ref.key, e.ref.lease}
 	if e.ref.gen != "" {
@@ -330,31 +364,40 @@ func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[
 		keep += e.s.staleFor
 	}
 	storeAt := time.Now()
-	n, serr := m.eval(ctx, e.st, scripts.Store, keys, e.ref.field, token, gen, b, keep.Milliseconds()).Int()
+	force := "0"
+	if hd.force {
+		force = "1"
+	}
+	n, serr := m.eval(ctx, e.st, scripts.Store, keys, e.ref.field, token, gen, b, keep.Milliseconds(), force).Int()
 	switch {
 	case serr != nil:
 		// The caller still gets the value; the cache just did not keep it.
 		m.log.Warn("cache: storing a loaded value failed", "key", e.ref.key, "field", e.ref.field, "err", serr)
-		return v, time.Time{}, false, err
+		return v, stored{err: serr}, err
 	case n == 0:
-		return v, time.Time{}, true, err
+		return v, stored{voided: true}, err
 	}
 	e.st.add(EventSet, 1)
-	return v, storeAt, false, err
+	return v, stored{at: storeAt}, err
 }
 
 // loadDegraded runs the loader without the cache, Redis having failed with
 // cause. The value is not stored. When Redis cannot be reached, every
 // caller waiting for the flight takes the value (the time returned is
-// zero), so that an outage does not multiply the loads. When Redis answered
+// zero), so that an outage does not multiply the loads (but for a forced
+// load, which goes to the callers that joined before it began, as ever).
+// When Redis answered
 // with an error (a script refused during a cluster slot migration, say), it
 // is up for other processes, whose invalidations this process does not
 // see: as for a voided store, only the callers that joined before the load
 // began take the value.
-func loadDegraded[A, T any](ctx context.Context, e *entry, l loader[A, T], cause error) (T, time.Time, error) {
+func loadDegraded[A, T any](ctx context.Context, e *entry, force bool, l loader[A, T], cause error) (T, time.Time, error) {
 	began := time.Now()
 	v, _, err := callLoader(ctx, e.st, l)
-	if unreachable(cause) {
+	switch {
+	case force && err == nil:
+		return v, began, notStored(cause)
+	case unreachable(cause) && !force:
 		return v, time.Time{}, err
 	}
 	return v, began, err

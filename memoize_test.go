@@ -391,10 +391,12 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 			calls.Add(1)
 			return q.Limit, nil
 		})
-		// 100k entries, written straight to Redis in the memo's format.
+		// 100k entries, written straight to Redis in the memo's format,
+		// under the memo's generation.
 		const n = 100_000
 		rdb := m.Client()
-		payload, err := m.encode(7, envelope.Header{WrittenAt: m.now().UnixMilli()})
+		require.NoError(t, rdb.Set(ctx, mm.gen, "77", 0).Err())
+		payload, err := m.encode(7, envelope.Header{WrittenAt: m.now().UnixMilli(), Gen: 77})
 		require.NoError(t, err)
 		for start := 0; start < n; start += 5000 {
 			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

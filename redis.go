@@ -61,6 +61,13 @@ func (m *Manager) count(ctx context.Context, st *counters, err error) {
 // until they run, after the others: fn must not depend on the order of
 // commands on different keys.
 func (m *Manager) pipe(ctx context.Context, st *counters, fn func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	cmds, err := m.sendPipe(ctx, fn)
+	m.count(ctx, st, err)
+	return cmds, err
+}
+
+// sendPipe is pipe without the counting.
+func (m *Manager) sendPipe(ctx context.Context, fn func(redis.Pipeliner)) ([]redis.Cmder, error) {
 	cmds, _ := m.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		fn(p)
 		return nil
@@ -86,7 +93,6 @@ func (m *Manager) pipe(ctx context.Context, st *counters, fn func(redis.Pipeline
 		})
 		err = firstErr(cmds)
 	}
-	m.count(ctx, st, err)
 	return cmds, err
 }
 
@@ -116,6 +122,55 @@ func (m *Manager) eval(ctx context.Context, st *counters, s *scripts.Script, key
 	}
 	m.count(ctx, st, err)
 	return cmd
+}
+
+// scriptCall is one call of a script in evalMany.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// evalMany runs s once per call, in one pipeline, and returns the replies
+// in the order of calls; the calls the server answers NOSCRIPT are sent
+// again with EVAL, in a second one.
+func (m *Manager) evalMany(ctx context.Context, st *counters, s *scripts.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+	out := make([]*redis.Cmd, len(calls))
+	_, err := m.sendPipe(ctx, func(p redis.Pipeliner) {
+		for i, c := range calls {
+			out[i] = redis.NewCmd(ctx, scriptArgs("evalsha", s.Hash(), c.keys, c.args)...)
+			_ = p.Process(ctx, out[i])
+		}
+	})
+	var again []int
+	for i, c := range out {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		_, err = m.sendPipe(ctx, func(p redis.Pipeliner) {
+			for _, i := range again {
+				c := calls[i]
+				out[i] = redis.NewCmd(ctx, scriptArgs("eval", s.Src, c.keys, c.args)...)
+				_ = p.Process(ctx, out[i])
+			}
+		})
+		if err == nil {
+			err = firstCmdErr(out)
+		}
+	}
+	m.count(ctx, st, err)
+	return out, err
+}
+
+// firstCmdErr is firstErr for script replies.
+func firstCmdErr(cmds []*redis.Cmd) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+	}
+	return nil
 }
 
 // scriptArgs returns the arguments of an EVAL or EVALSHA command.

@@ -171,7 +171,8 @@ func (m *Manager) runRefreshes() {
 // reader saw it written at seen (Unix milliseconds, 0 when it saw none) or
 // another process holds its lease (and so is loading it).
 func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], seen int64) {
-	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
+	gens, err := m.tagGens(ctx, e.st, e.tags, m.tagKeep(e))
+	if err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
@@ -186,13 +187,14 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 	}
 	if a.value != nil {
 		var v T
-		if h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
+		want := expect{gen: a.gen, tags: e.tags, gens: gens}
+		if h, state, _ := m.lookup(e.st, e.ref, a.value, &want, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
 			m.release(e.st, e.ref.lease, token) // refreshed meanwhile, by another process
 			return
 		}
 	}
 	e.st.add(EventRefreshStarted, 1)
-	_, _, _, err = loadAndStore(ctx, m, e, l, token, a.gen)
+	_, _, err = loadAndStore(ctx, m, e, l, held{token: token, gen: a.gen, gens: gens})
 	if err != nil && err != ErrNotFound {
 		e.st.add(EventRefreshFailed, 1)
 		m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)

@@ -73,15 +73,6 @@ func (s *settings) keep(ttl time.Duration) time.Duration {
 	return ttl + s.staleFor
 }
 
-// tagTTL is how long a tag must remember an entry stored with s: at least
-// as long as the entry lives (jitter only shortens it); 0 for no expiry.
-func (s *settings) tagTTL() time.Duration {
-	if s.noExpiry {
-		return 0
-	}
-	return s.ttl + s.staleFor
-}
-
 // NeverExpires is what TTL returns for an entry stored with NoExpiry.
 const NeverExpires time.Duration = -1
 

@@ -196,7 +196,7 @@ func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error))
 		// The store is conditional: an invalidation of the hash or of a
 		// field while load runs voids it, and the job loads again.
 		for attempt := 1; ; attempt++ {
-			gen, ver, err := h.versions(ctx)
+			v, err := h.versions(ctx)
 			if err != nil {
 				return 0, err
 			}
@@ -204,7 +204,7 @@ func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error))
 			if err != nil {
 				return 0, err
 			}
-			stored, err := h.storeLoaded(ctx, items, gen, ver)
+			stored, err := h.storeLoaded(ctx, items, v)
 			switch {
 			case err != nil:
 				return 0, err

@@ -17,8 +17,10 @@ var (
 	renewSrc string
 	//go:embed release.lua
 	releaseSrc string
-	//go:embed tag_add.lua
-	tagAddSrc string
+	//go:embed tag_gen.lua
+	tagGenSrc string
+	//go:embed gens.lua
+	gensSrc string
 	//go:embed store_fields.lua
 	storeFieldsSrc string
 	//go:embed lock_obtain.lua
@@ -41,7 +43,8 @@ var (
 	Acquire     = newScript(acquireSrc)
 	Store       = newScript(storeSrc)
 	Renew       = newScript(renewSrc)
-	TagAdd      = newScript(tagAddSrc)
+	TagGen      = newScript(tagGenSrc)
+	Gens        = newScript(gensSrc)
 	StoreFields = newScript(storeFieldsSrc)
 	// Release deletes a key that holds a token, only while it holds that
 	// token: a load's lease, or a distributed lock.
@@ -56,4 +59,4 @@ var (
 var LockRelease = Release
 
 // All lists every script, for loading them ahead of their first use.
-var All = []*Script{Acquire, Store, Renew, Release, TagAdd, StoreFields, LockObtain, LockRefresh}
+var All = []*Script{Acquire, Store, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}

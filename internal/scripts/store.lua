@@ -1,20 +1,34 @@
 -- store: write a loaded value only while its lease is still held, so that an
--- invalidation (which deletes the lease or moves the generation) voids it.
+-- invalidation (which deletes the lease or the generation) voids it.
 -- KEYS[1] the entry's key (a string, or the hash holding the field)
 -- KEYS[2] the lease key
 -- KEYS[3] the container's generation key (optional)
 -- ARGV[1] the hash field, '' for a string entry
 -- ARGV[2] the lease token
--- ARGV[3] the generation the load started under
+-- ARGV[3] the generation the load started under (a missing generation never
+--         matches it)
 -- ARGV[4] the value
 -- ARGV[5] the time to live, milliseconds; 0 for none
+-- ARGV[6] '1' for a forced load (a refresh): when its store is refused, the
+--         entry is deleted, since the lease may have been lost rather than
+--         voided, and the value the refresh replaces must not stay
 -- Returns 1 when written, 0 when the lease was void.
-if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+local function refuse()
+  if ARGV[6] == '1' then
+    if ARGV[1] == '' then
+      redis.call('DEL', KEYS[1])
+    else
+      redis.call('HDEL', KEYS[1], ARGV[1])
+    end
+  end
   return 0
 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return refuse()
+end
 redis.call('DEL', KEYS[2])
-if #KEYS > 2 and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[3] then
-  return 0
+if #KEYS > 2 and redis.call('GET', KEYS[3]) ~= ARGV[3] then
+  return refuse()
 end
 local ttl = tonumber(ARGV[5])
 if ARGV[1] == '' then
