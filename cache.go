@@ -137,6 +137,7 @@ type Manager struct {
 	kv      *counters // stats of plain keys
 	locks   *counters // stats of every lock
 	inv     invStats
+	pending pendingInvalidations
 	events  events
 	refresh refresher
 	local   *localTier // nil without Options.Local
@@ -249,6 +250,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")
+	m.pending.stored(o.DefaultTTL) // the entries of others live that long at least
 	m.locks = m.stats.get("locks")
 	if m.local != nil {
 		m.goBackground(m.subscribe)

@@ -113,6 +113,9 @@ type expect struct {
 // with the reason.
 func (m *Manager) lookup(st *counters, ref entryRef, b []byte, want *expect, dst any) (envelope.Header, readState, error) {
 	h, payload, err := envelope.Decode(b)
+	if m.pending.n.Load() > 0 && m.pending.covers(ref, h.Tags) {
+		return h, stateMiss, nil // an invalidation of it failed, and waits to be retried
+	}
 	if err == nil {
 		var tags, gens []string
 		if want != nil {

@@ -104,6 +104,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	for i, r := range refs {
 		leases[i] = r.lease
 	}
+	h.m.pending.stored(h.s.keep(ttl))
 	_, err = h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
 		// Void the loads in flight, single fields' and warms', so that
 		// they cannot overwrite.
@@ -293,9 +294,8 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 
 // Refresh loads field anew with load and stores it over the old value,
 // which readers keep getting until then: there is no moment at which they
-// miss. Concurrent refreshes of one field share one load, and an
-// invalidation of the field while it runs voids the store, as for
-// GetOrLoad.
+// miss. Its loads are shared, voided and reported as Refresh's (the
+// package function) are.
 func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
 	e, err := h.entry(ctx, field, load != nil)
 	if err != nil {
@@ -343,6 +343,7 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, v hashVer
 	args := make([]any, 3, 3+len(fields))
 	args[0], args[1], args[2] = v.gen, v.ver, h.s.keep(ttl).Milliseconds()
 	args = append(args, fields...)
+	h.m.pending.stored(h.s.keep(ttl))
 	n, err := h.m.eval(ctx, h.st, scripts.StoreFields, keys, args...).Int()
 	if err != nil {
 		return false, err

@@ -107,16 +107,20 @@ func (t Target) check() error {
 // Invalidate removes the entries the targets name, and voids the loads of
 // them in flight: once it returns, no value loaded before it is stored, and
 // no caller that starts after it gets one. One call may mix every kind of
-// target; its Redis work is pipelined, so it takes a few round trips per
-// node touched, however many targets there are (tags and prefixes take one
-// or two more to find their entries, and with Options.Local one more
-// publishes the drop to the other Managers' local tiers).
+// target; its Redis work is pipelined, so it takes one round trip per node
+// touched, however many targets there are (a prefix takes two scans more,
+// and with Options.Local one more command publishes the drop to the other
+// Managers' local tiers).
 //
 // If any target is invalid (an empty key or tag, the zero Target), nothing
-// is invalidated. If Redis fails, the error is returned and some targets
-// may not have been invalidated: invalidations are not queued, so retry the
-// call (it is idempotent), or rely on the entries' TTLs to end the
-// staleness.
+// is invalidated. If Redis fails, the error is returned, and the
+// invalidation is not lost: this Manager treats the entries the targets
+// name as misses, and retries the invalidation in the background until it
+// succeeds (see InvalidationStats.Pending). Other Managers may serve those
+// entries until it does, or until their TTL ends; a retry that cannot
+// succeed before the longest TTL this Manager stored (and
+// Options.DefaultTTL) has passed is given up, the entries having expired.
+// Pending invalidations end with Close.
 func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	if err := m.check(ctx); err != nil {
 		return err
@@ -126,6 +130,27 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 			return fmt.Errorf("cache: invalidate %v: %w", t, err)
 		}
 	}
+	if err := m.invalidate(ctx, targets); err != nil {
+		m.pending.add(m, targets)
+		return fmt.Errorf("cache: invalidate: %w", err)
+	}
+	var kinds [targetKinds]uint64
+	for _, t := range targets {
+		kinds[t.kind]++
+	}
+	for k, n := range kinds {
+		if n > 0 {
+			m.inv.byKind[k].Add(n)
+			if m.opts.Observer != nil {
+				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
+			}
+		}
+	}
+	return nil
+}
+
+// invalidate does the Redis work of Invalidate for valid targets.
+func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 	var p invalidation
 	for _, t := range targets {
 		switch t.kind {
@@ -192,19 +217,7 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 		m.dropEverywhere(ctx, all, keys)
 	}
 	if err != nil {
-		return fmt.Errorf("cache: invalidate: %w", err)
-	}
-	var kinds [targetKinds]uint64
-	for _, t := range targets {
-		kinds[t.kind]++
-	}
-	for k, n := range kinds {
-		if n > 0 {
-			m.inv.byKind[k].Add(n)
-			if m.opts.Observer != nil {
-				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
-			}
-		}
+		return err
 	}
 	m.inv.removed.Add(uint64(len(p.strings) + len(p.fields) + len(p.hashes)))
 	return nil
@@ -257,10 +270,20 @@ type InvalidationStats struct {
 	// Events counts Emit calls with at least one rule; UnknownEvents those
 	// with none.
 	Events, UnknownEvents uint64
+	// Pending is how many targets of failed invalidations wait to be
+	// retried now; their entries are misses for this Manager meanwhile.
+	// Retried counts the targets whose retry succeeded, Abandoned those
+	// given up (their entries had expired, or more than maxPending
+	// waited).
+	Pending            int
+	Retried, Abandoned uint64
 }
 
-func (s *invStats) snapshot() InvalidationStats {
+func (s *invStats) snapshot(p *pendingInvalidations) InvalidationStats {
 	out := InvalidationStats{
+		Pending:       int(p.n.Load()),
+		Retried:       p.retried.Load(),
+		Abandoned:     p.abandoned.Load(),
 		ByKind:        make(map[string]uint64, targetKinds-1),
 		Removed:       s.removed.Load(),
 		Events:        s.events.Load(),

@@ -39,6 +39,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		}
 	}
 	ref := m.keyRef(key).withLease()
+	m.pending.stored(s.keep(ttl))
 	_, err = m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, s.keep(ttl))
@@ -78,9 +79,12 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 
 // Refresh loads key anew with load and stores it over the old value, which
 // readers keep getting until then: there is no moment at which they miss.
-// Concurrent refreshes of key share one load, and an invalidation of key
-// while it runs voids the store, as for GetOrLoad. Use it, rather than Set,
-// to warm a key from its source.
+// It never returns a value loaded before it was called: concurrent
+// refreshes of key share a load only when they were called before it
+// began. An invalidation of key while it runs voids the store, as for
+// GetOrLoad. When Redis does not store the value, Refresh returns it with an
+// error (matching ErrUnavailable when Redis could not be reached): the old
+// value may stay. Use it, rather than Set, to warm a key from its source.
 func Refresh[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
 	e, err := m.keyEntry(ctx, key, load != nil, opts)
 	if err != nil {
@@ -246,6 +250,9 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 				return fmt.Errorf("cache: key %q: %w", w.key, err)
 			}
 		}
+	}
+	for _, w := range writes {
+		m.pending.stored(w.ttl)
 	}
 	_, err := m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		for _, w := range writes {

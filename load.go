@@ -363,6 +363,7 @@ func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[
 	if keep > 0 && !errors.Is(err, ErrNotFound) {
 		keep += e.s.staleFor
 	}
+	m.pending.stored(keep)
 	storeAt := time.Now()
 	force := "0"
 	if hd.force {

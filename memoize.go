@@ -115,8 +115,11 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 
 // Refresh computes fn(ctx, args) anew and stores it over the old entry,
 // which readers keep getting until the new one is stored: there is no
-// moment at which they miss. Concurrent refreshes of one argument share one
-// computation.
+// moment at which they miss. It never returns a result computed before it
+// was called: concurrent refreshes of one argument share a computation only
+// when they were called before it began. When Redis does not store the
+// result, Refresh returns it with an error (matching ErrUnavailable when
+// Redis could not be reached): the old entry may stay.
 func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 	e, err := mm.entry(ctx, args)
 	if err != nil {
