@@ -154,6 +154,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if opts != nil {
 		o = *opts
 	}
+	if err := checkClient(rdb); err != nil {
+		return nil, err
+	}
 	if o.Prefix == "" {
 		o.Prefix = "stockpot"
 	}
@@ -256,6 +259,20 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		m.goBackground(m.subscribe)
 	}
 	return m, nil
+}
+
+// checkClient refuses a client set up in a way that would break the
+// Manager's guarantees: with go-redis's client-side caching on, the client
+// answers reads from a copy of its own, which another Manager's
+// invalidation, or this one's write, does not reach in time.
+func checkClient(rdb redis.UniversalClient) error {
+	if c, ok := rdb.(*redis.Client); ok {
+		if o := c.Options(); o.ClientSideCacheConfig != nil || o.ClientSideCache != nil {
+			return fmt.Errorf("%w: the client has client-side caching on (ClientSideCacheConfig or ClientSideCache): "+
+				"it would serve values the cache has invalidated; give the Manager a client without it (Options.Local is the cache's own in-process tier)", ErrInvalidOption)
+		}
+	}
+	return nil
 }
 
 // Client returns the Redis client the Manager was built on, for the commands

@@ -27,7 +27,7 @@ func (m *Manager) encode(v any, h envelope.Header) ([]byte, error) {
 func (m *Manager) marshal(v any) ([]byte, envelope.Flags, error) {
 	payload, err := m.opts.Codec.Marshal(v)
 	if err != nil {
-		return nil, 0, fmt.Errorf("cache: encode %T: %w", v, err)
+		return nil, 0, wrap(err, "encode %T", v)
 	}
 	if m.opts.CompressAbove >= 0 && len(payload) > m.opts.CompressAbove {
 		if c := s2.Encode(nil, payload); len(c) < len(payload) {

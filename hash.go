@@ -22,19 +22,26 @@ type Hash[T any] struct {
 	m    *Manager
 	name string
 	hashKeys
-	s   settings
-	st  *counters
-	err error // an invalid name or option, returned by every call
+	s  settings
+	st *counters
 }
 
 // NewHash returns the Hash called name. Options set its TTL (for the hash
-// and for each field). An empty name or an invalid option is returned as an
-// error by every call of the Hash.
+// and for each field), tags, and the stale-while-revalidate policy of its
+// GetOrLoad.
+//
+// NewHash panics, with an error matching ErrInvalidKey or
+// ErrInvalidOption, on an empty name or an option that is invalid or does
+// not apply to a Hash (TagsFor): a Hash is made once, at start-up, where a
+// mistake is best found at once, as regexp.MustCompile does.
 func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
-	h := &Hash[T]{m: m, name: name, s: m.settle(opts)}
-	h.err = h.s.err
+	h := &Hash[T]{m: m, name: name, s: m.settle("NewHash", loadedOptions, opts)}
+	err := h.s.err
 	if name == "" {
-		h.err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
+		err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
+	}
+	if err != nil {
+		panic(wrap(err, "NewHash %q", name))
 	}
 	h.hashKeys = m.hashKeys(name)
 	h.st = m.stats.get("hash:" + name)
@@ -45,9 +52,6 @@ func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
 func (h *Hash[T]) Name() string { return h.name }
 
 func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
-	if h.err != nil {
-		return h.err
-	}
 	if err := h.m.check(ctx); err != nil {
 		return err
 	}
@@ -138,7 +142,7 @@ func (h *Hash[T]) encodeFields(items map[string]T, hdr envelope.Header) ([]any, 
 		}
 		b, err := h.m.encode(v, hdr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+			return nil, nil, wrap(err, "hash %q field %q", h.name, f)
 		}
 		args = append(args, f, b)
 		refs = append(refs, h.ref(f).withLease())
@@ -153,7 +157,7 @@ func (h *Hash[T]) retag(items map[string]T, args []any, section []byte) error {
 		f := args[i].(string)
 		b, err := h.m.retag(items[f], args[i+1].([]byte), section)
 		if err != nil {
-			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
+			return wrap(err, "hash %q field %q", h.name, f)
 		}
 		args[i+1] = b
 	}

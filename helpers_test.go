@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"slices"
 	"strings"
@@ -139,4 +140,22 @@ func allKeys(t testing.TB, rdb redis.UniversalClient, pattern string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// assertPanicsWith asserts that f panics with an error matching target.
+func assertPanicsWith(t testing.TB, target error, f func(), what string) {
+	t.Helper()
+	var got any
+	func() {
+		defer func() { got = recover() }()
+		f()
+	}()
+	err, ok := got.(error)
+	if !ok {
+		t.Errorf("%s: panicked with %v, want an error matching %v", what, got, target)
+		return
+	}
+	if !errors.Is(err, target) {
+		t.Errorf("%s: panicked with %v, want an error matching %v", what, err, target)
+	}
 }

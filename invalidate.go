@@ -55,7 +55,7 @@ func Prefix(p string) Target { return Target{kind: targetPrefix, name: p} }
 
 // Field is the target of one field of the hash.
 func (h *Hash[T]) Field(field string) Target {
-	t := Target{kind: targetField, name: field, key: h.key, field: field, gen: h.gen, err: h.err}
+	t := Target{kind: targetField, name: field, key: h.key, field: field, gen: h.gen}
 	if field != "" {
 		t.lease = h.ref(field).withLease().lease
 	}
@@ -64,7 +64,7 @@ func (h *Hash[T]) Field(field string) Target {
 
 // AllFields is the target of every field of the hash.
 func (h *Hash[T]) AllFields() Target {
-	return Target{kind: targetHash, name: h.name, key: h.key, gen: h.gen, err: h.err}
+	return Target{kind: targetHash, name: h.name, key: h.key, gen: h.gen}
 }
 
 // Entry is the target of the memo's entry for args.
@@ -79,7 +79,7 @@ func (mm *Memo[A, R]) Entry(args A) Target {
 
 // All is the target of every entry of the memo (as ForgetAll).
 func (mm *Memo[A, R]) All() Target {
-	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen, err: mm.err}
+	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen}
 }
 
 // String names the target's kind and what it names, as in `tag "sales"`.
@@ -127,12 +127,12 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	}
 	for _, t := range targets {
 		if err := t.check(); err != nil {
-			return fmt.Errorf("cache: invalidate %v: %w", t, err)
+			return wrap(err, "invalidate %v", t)
 		}
 	}
 	if err := m.invalidate(ctx, targets); err != nil {
 		m.pending.add(m, targets)
-		return fmt.Errorf("cache: invalidate: %w", err)
+		return wrap(err, "invalidate")
 	}
 	var kinds [targetKinds]uint64
 	for _, t := range targets {
@@ -312,7 +312,7 @@ func (m *Manager) resolvePrefixes(ctx context.Context, p *invalidation) error {
 			})
 		})
 		if err != nil {
-			return fmt.Errorf("cache: invalidate prefix %q: %w", pre, err)
+			return wrap(err, "invalidate prefix %q", pre)
 		}
 	}
 	return nil

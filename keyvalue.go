@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,7 +20,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	s := m.settle(opts)
+	s := m.settle("Set", writeOptions, opts)
 	if s.err != nil {
 		return s.err
 	}
@@ -110,19 +111,24 @@ func (m *Manager) keyEntry(ctx context.Context, key string, hasLoader bool, opts
 	if !hasLoader {
 		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
 	}
-	s := m.settle(opts)
+	s := m.settle("GetOrLoad and Refresh", loadedOptions, opts)
 	return entry{ref: m.keyRef(key), s: s, st: m.kv, tags: s.tags}, s.err
 }
 
-// Get decodes the value of key into dst, a pointer. It returns ErrMiss when
-// there is no fresh value (absent, expired, or stored bytes that do not
-// decode), and ErrNotFound for a remembered ErrNotFound.
+// Get decodes the value of key into dst, a non-nil pointer. It returns
+// ErrMiss when there is no fresh value (absent, expired, or stored bytes
+// that do not decode into dst), and ErrNotFound for a remembered
+// ErrNotFound. A dst that is not a non-nil pointer is an error matching
+// ErrInvalidOption, whatever the key holds.
 func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if err := m.check(ctx); err != nil {
 		return err
 	}
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if v := reflect.ValueOf(dst); v.Kind() != reflect.Pointer || v.IsNil() {
+		return fmt.Errorf("%w: Get decodes into a non-nil pointer, not %T", ErrInvalidOption, dst)
 	}
 	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst)
 	if err != nil {
@@ -217,7 +223,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 	if err := m.check(ctx); err != nil {
 		return err
 	}
-	s := m.settle(opts)
+	s := m.settle("SetMany", writeOptions, opts)
 	if s.err != nil {
 		return s.err
 	}
@@ -236,7 +242,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		ttl := s.expiry()
 		b, err := m.encode(v, envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)})
 		if err != nil {
-			return fmt.Errorf("cache: key %q: %w", k, err)
+			return wrap(err, "key %q", k)
 		}
 		writes = append(writes, write{k, m.keyRef(k).withLease(), b, s.keep(ttl)})
 	}
@@ -247,7 +253,7 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		}
 		for i, w := range writes {
 			if writes[i].b, err = m.retag(items[w.key], w.b, section); err != nil {
-				return fmt.Errorf("cache: key %q: %w", w.key, err)
+				return wrap(err, "key %q", w.key)
 			}
 		}
 	}

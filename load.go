@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	mrand "math/rand/v2"
 	"runtime/debug"
 	"slices"
@@ -308,7 +307,7 @@ func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l 
 // notStored is the error of a forced load (Refresh) whose value Redis did
 // not store, the old value staying: cause is Redis's error.
 func notStored(cause error) error {
-	return fmt.Errorf("cache: the refreshed value was not stored: %w", unavailable(cause))
+	return wrap(unavailable(cause), "the refreshed value was not stored")
 }
 
 // held is what a load holds while its loader runs: its lease, and what its

@@ -20,7 +20,6 @@ type Memo[A, R any] struct {
 	tagsFor func(A) []string
 	s       settings
 	st      *counters
-	err     error // an invalid name, function or option, returned by every call
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -37,21 +36,30 @@ type Memo[A, R any] struct {
 // generation that ForgetAll moves: that is what makes ForgetAll a single
 // command. A memo with a very large number of entries therefore sits on
 // one node of a cluster.
+//
+// Memoize panics, with an error matching ErrInvalidKey or ErrInvalidOption,
+// on an empty name, a nil fn, or an option that is invalid (TagsFor of a
+// function of another argument type, say): a memo is made once, at
+// start-up, where a mistake is best found at once, as regexp.MustCompile
+// does.
 func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, error), opts ...Option) *Memo[A, R] {
-	mm := &Memo[A, R]{m: m, name: name, fn: fn, s: m.settle(opts)}
-	mm.err = mm.s.err
+	mm := &Memo[A, R]{m: m, name: name, fn: fn, s: m.settle("Memoize", memoOptions, opts)}
+	err := mm.s.err
 	switch {
 	case name == "":
-		mm.err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
+		err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
 	case fn == nil:
-		mm.err = fmt.Errorf("%w: nil function for memo %q", ErrInvalidOption, name)
+		err = fmt.Errorf("%w: nil function", ErrInvalidOption)
 	}
 	if mm.s.tagsFor != nil {
 		f, ok := mm.s.tagsFor.(func(A) []string)
-		if !ok && mm.err == nil {
-			mm.err = fmt.Errorf("%w: TagsFor takes a func(%T) []string for memo %q", ErrInvalidOption, *new(A), name)
+		if !ok && err == nil {
+			err = fmt.Errorf("%w: TagsFor takes a func(%T) []string", ErrInvalidOption, *new(A))
 		}
 		mm.tagsFor = f
+	}
+	if err != nil {
+		panic(wrap(err, "Memoize %q", name))
 	}
 	mm.memoKeys = m.memoKeys(name)
 	mm.st = m.stats.get("memo:" + name)
@@ -69,12 +77,9 @@ func (mm *Memo[A, R]) Key(args A) (string, error) {
 
 // ref returns where args's entry lives.
 func (mm *Memo[A, R]) ref(args A) (entryRef, error) {
-	if mm.err != nil {
-		return entryRef{}, mm.err
-	}
 	k, err := argKey(mm.entryPrefix(), args)
 	if err != nil {
-		return entryRef{}, fmt.Errorf("cache: memo %q: argument %T is not a key: %w", mm.name, args, err)
+		return entryRef{}, wrap(err, "memo %q: argument %T is not a key", mm.name, args)
 	}
 	return mm.entryRef(k), nil
 }

@@ -27,6 +27,7 @@ import (
 // refreshed in the background. It applies to GetOrLoad, Memoize and Hash.
 func StaleFor(d time.Duration) Option {
 	return func(s *settings) {
+		s.give(optStaleFor)
 		if d < 0 {
 			s.fail(fmt.Errorf("%w: StaleFor %v is negative", ErrInvalidOption, d))
 			return
@@ -39,7 +40,10 @@ func StaleFor(d time.Duration) Option {
 // value in the background, for callers that would rather show nothing than
 // wait. The default is true: a miss waits for the load.
 func FetchOnMiss(fetch bool) Option {
-	return func(s *settings) { s.noFetchOnMiss = !fetch }
+	return func(s *settings) {
+		s.give(optFetchOnMiss)
+		s.noFetchOnMiss = !fetch
+	}
 }
 
 // EarlyRefresh refreshes a fresh entry in the background shortly before it
@@ -49,6 +53,7 @@ func FetchOnMiss(fetch bool) Option {
 // choice; larger refreshes earlier; 0 turns it off.
 func EarlyRefresh(beta float64) Option {
 	return func(s *settings) {
+		s.give(optEarlyRefresh)
 		if beta < 0 || math.IsNaN(beta) || math.IsInf(beta, 0) {
 			s.fail(fmt.Errorf("%w: EarlyRefresh beta %v", ErrInvalidOption, beta))
 			return

@@ -41,6 +41,7 @@ import (
 // tags that depend on the argument); for a Hash, every field.
 func Tags(tags ...string) Option {
 	return func(s *settings) {
+		s.give(optTags)
 		for _, t := range tags {
 			if t == "" {
 				s.fail(fmt.Errorf("%w: empty tag", ErrInvalidKey))
@@ -56,6 +57,7 @@ func Tags(tags ...string) Option {
 // an invalid option.
 func TagsFor[A any](f func(A) []string) Option {
 	return func(s *settings) {
+		s.give(optTagsFor)
 		if f == nil {
 			s.fail(fmt.Errorf("%w: nil TagsFor function", ErrInvalidOption))
 			return

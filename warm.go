@@ -104,7 +104,7 @@ func (r WarmReport) Err() error {
 	var errs []error
 	for _, j := range r.Jobs {
 		if j.Err != nil {
-			errs = append(errs, fmt.Errorf("cache: warm %q: %w", j.Name, j.Err))
+			errs = append(errs, wrap(j.Err, "warm %q", j.Name))
 		}
 	}
 	return errors.Join(errs...)
@@ -146,12 +146,9 @@ func (m *Manager) Warm(name string, fn func(ctx context.Context) (int, error)) e
 // not a failure. The errors of the other arguments are joined into the
 // job's error, and do not stop the job.
 //
-// WarmWith returns the memo's error when it was made invalid,
-// ErrInvalidOption for a nil args, and ErrClosed after Close.
+// WarmWith returns ErrInvalidOption for a nil args, and ErrClosed after
+// Close.
 func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) error {
-	if mm.err != nil {
-		return mm.err
-	}
 	if args == nil {
 		return fmt.Errorf("%w: nil argument list for memo %q", ErrInvalidOption, mm.name)
 	}
@@ -183,12 +180,9 @@ func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) erro
 // fields that load does not return are kept. The job counts the fields it
 // stored.
 //
-// WarmWith returns the Hash's error when it was made invalid,
-// ErrInvalidOption for a nil load, and ErrClosed after Close.
+// WarmWith returns ErrInvalidOption for a nil load, and ErrClosed after
+// Close.
 func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error)) error {
-	if h.err != nil {
-		return h.err
-	}
 	if load == nil {
 		return fmt.Errorf("%w: nil loader for hash %q", ErrInvalidOption, h.name)
 	}

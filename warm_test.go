@@ -86,7 +86,7 @@ func TestWarmAllReportsEveryJob(t *testing.T) {
 	assert.True(t, strings.HasPrefix(lines[0], "empty: 0 entries in "), lines[0])
 	assert.Contains(t, lines[1], "failing: 2 entries in ")
 	assert.Contains(t, lines[1], ", failed: outlet database is down")
-	assert.Contains(t, lines[2], "failed: cache: loader panicked: kaboom")
+	assert.Contains(t, lines[2], "failed: cache: panic: kaboom")
 	assert.True(t, strings.HasPrefix(lines[3], "summary: 1 entry in "), lines[3])
 	assert.NotContains(t, lines[3], "failed")
 
@@ -545,13 +545,8 @@ func TestWarmBadInput(t *testing.T) {
 
 	memo := Memoize(m, "leaderboard", func(ctx context.Context, region string) (int, error) { return 1, nil })
 	assert.ErrorIs(t, memo.WarmWith(nil), ErrInvalidOption)
-	noName := Memoize(m, "", func(ctx context.Context, region string) (int, error) { return 1, nil })
-	assert.ErrorIs(t, noName.WarmWith(func(ctx context.Context) ([]string, error) { return nil, nil }), ErrInvalidKey)
-
 	metrics := NewHash[int](m, "metrics")
 	assert.ErrorIs(t, metrics.WarmWith(nil), ErrInvalidOption)
-	unnamed := NewHash[int](m, "")
-	assert.ErrorIs(t, unnamed.WarmWith(func(ctx context.Context) (map[string]int, error) { return nil, nil }), ErrInvalidKey)
 
 	report, err := m.WarmAll(t.Context())
 	require.NoError(t, err)
