@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -102,3 +104,66 @@ func (m *Manager) forEachMaster(ctx context.Context, fn func(context.Context, no
 	}
 	return fn(ctx, node{m, m.rdb})
 }
+
+// scriptGroups splits the entries idx of es into the groups one script call
+// may take together: all of them on a single node (where a script may take
+// any keys), those of one hash slot on a cluster, those of one hash tag on
+// a ring (whose shards are chosen by tag).
+func (m *Manager) scriptGroups(es []entry, idx []int) [][]int {
+	if m.oneNode || len(idx) == 1 {
+		return [][]int{idx}
+	}
+	_, cluster := m.rdb.(*redis.ClusterClient)
+	at := make(map[string]int)
+	var groups [][]int
+	for _, i := range idx {
+		g := hashTag(es[i].ref.key)
+		if cluster {
+			g = strconv.Itoa(slotOf(g))
+		}
+		j, ok := at[g]
+		if !ok {
+			j = len(groups)
+			at[g] = j
+			groups = append(groups, nil)
+		}
+		groups[j] = append(groups[j], i)
+	}
+	return groups
+}
+
+// hashTag returns the part of key that Redis Cluster hashes: between the
+// first '{' and the next '}' when that is not empty, else the whole key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+// slotOf returns the cluster hash slot of a hash tag: CRC16 (XMODEM) mod
+// 16384.
+func slotOf(tag string) int {
+	var crc uint16
+	for i := 0; i < len(tag); i++ {
+		crc = crc<<8 ^ crc16Table[byte(crc>>8)^tag[i]]
+	}
+	return int(crc) & 16383
+}
+
+var crc16Table = func() (t [256]uint16) {
+	for i := range t {
+		c := uint16(i) << 8
+		for range 8 {
+			if c&0x8000 != 0 {
+				c = c<<1 ^ 0x1021
+			} else {
+				c <<= 1
+			}
+		}
+		t[i] = c
+	}
+	return t
+}()

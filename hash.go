@@ -35,7 +35,7 @@ type Hash[T any] struct {
 // not apply to a Hash (TagsFor): a Hash is made once, at start-up, where a
 // mistake is best found at once, as regexp.MustCompile does.
 func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
-	h := &Hash[T]{m: m, name: name, s: m.settle("NewHash", loadedOptions, opts)}
+	h := &Hash[T]{m: m, name: name, s: m.settle("NewHash", hashOptions, opts)}
 	err := h.s.err
 	if name == "" {
 		err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
@@ -322,7 +322,7 @@ func (h *Hash[T]) entry(ctx context.Context, field string, hasLoader bool) (entr
 	if !hasLoader {
 		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
 	}
-	return entry{ref: h.ref(field), s: h.s, st: h.st, tags: h.s.tags}, nil
+	return entry{ref: h.ref(field), s: &h.s, st: h.st, tags: h.s.tags}, nil
 }
 
 // storeLoaded writes items, loaded after the hash's generation was gen,
@@ -387,7 +387,7 @@ func (h *Hash[T]) versions(ctx context.Context) (hashVersions, error) {
 		return v, errors.New("cache: unexpected reply from the gens script")
 	}
 	v.gen, v.ver = vals[0], vals[1]
-	v.tags, err = h.m.tagGens(ctx, h.st, h.s.tags, h.m.tagKeep(&entry{s: h.s}))
+	v.tags, err = h.m.tagGens(ctx, h.st, h.s.tags, h.m.tagKeep(&entry{s: &h.s}))
 	return v, err
 }
 

@@ -112,7 +112,7 @@ func (m *Manager) keyEntry(ctx context.Context, key string, hasLoader bool, opts
 		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
 	}
 	s := m.settle("GetOrLoad and Refresh", loadedOptions, opts)
-	return entry{ref: m.keyRef(key), s: s, st: m.kv, tags: s.tags}, s.err
+	return entry{ref: m.keyRef(key), s: &s, st: m.kv, tags: s.tags}, s.err
 }
 
 // Get decodes the value of key into dst, a non-nil pointer. It returns

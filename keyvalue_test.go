@@ -289,16 +289,3 @@ func TestKeysAreDistinct(t *testing.T) {
 		assert.Equal(t, hashTag(r.key), hashTag(r.lease), k)
 	}
 }
-
-// hashTag returns the part of key Redis Cluster hashes.
-func hashTag(key string) string {
-	i := strings.IndexByte(key, '{')
-	if i < 0 {
-		return key
-	}
-	j := strings.IndexByte(key[i+1:], '}')
-	if j <= 0 {
-		return key
-	}
-	return key[i+1 : i+1+j]
-}

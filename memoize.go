@@ -16,6 +16,8 @@ type Memo[A, R any] struct {
 	name string
 	memoKeys
 	fn func(context.Context, A) (R, error)
+	// batch is the function of MemoizeBatch; nil for Memoize.
+	batch func(context.Context, []A) ([]R, error)
 	// tagsFor gives an argument's tags, from TagsFor; nil for none.
 	tagsFor func(A) []string
 	s       settings
@@ -93,7 +95,7 @@ func (mm *Memo[A, R]) entry(ctx context.Context, args A) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	e := entry{ref: ref, s: mm.s, st: mm.st, tags: mm.s.tags}
+	e := entry{ref: ref, s: &mm.s, st: mm.st, tags: mm.s.tags}
 	if mm.tagsFor != nil {
 		extra := mm.tagsFor(args)
 		for _, t := range extra {

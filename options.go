@@ -19,8 +19,11 @@ type settings struct {
 	noFetchOnMiss bool
 	earlyBeta     float64 // EarlyRefresh
 	tagsFor       any     // a func(A) []string, for a Memo[A, R]
-	given         optionSet
-	err           error // the first invalid option
+	// rememberMissing is RememberMissing: a batch loader's left-out keys
+	// are remembered as not found.
+	rememberMissing bool
+	given           optionSet
+	err             error // the first invalid option
 }
 
 // optionSet is a set of the kinds of Option.
@@ -35,16 +38,18 @@ const (
 	optFetchOnMiss
 	optEarlyRefresh
 	optTagsFor
+	optRememberMissing
 	numOptions = iota
 )
 
-var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor"}
+var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing"}
 
 // The options each kind of call takes.
 const (
 	writeOptions  = optTTL | optNoExpiry | optJitter | optTags                    // Set, SetMany
-	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh // GetOrLoad, Refresh, NewHash
-	memoOptions   = loadedOptions | optTagsFor                                    // Memoize
+	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh // GetOrLoad, Refresh
+	hashOptions   = loadedOptions | optRememberMissing                            // NewHash
+	memoOptions   = loadedOptions | optTagsFor | optRememberMissing               // Memoize, MemoizeBatch
 )
 
 // give records that an option of kind k was given.

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -176,34 +177,36 @@ func (m *Manager) runRefreshes() {
 // reader saw it written at seen (Unix milliseconds, 0 when it saw none) or
 // another process holds its lease (and so is loading it).
 func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], seen int64) {
-	gens, err := m.tagGens(ctx, e.st, e.tags, m.tagKeep(e))
+	es, idx := []entry{*e}, []int{0}
+	hd := newHeld(es, false)
+	if err := m.readGensForLoad(ctx, es, idx, hd); err != nil {
+		e.st.add(EventRefreshFailed, 1)
+		return
+	}
+	acq, err := m.acquireMany(ctx, es, idx, hd, []bool{true})
 	if err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
-	token := newToken()
-	a, err := m.acquire(ctx, e, token, true)
-	if err != nil {
-		e.st.add(EventRefreshFailed, 1)
-		return
-	}
+	a := acq[0]
 	if a.status != leaseTaken {
 		return // another process is loading it
 	}
+	hd.wants[0].gen = a.gen
 	if a.value != nil {
 		var v T
-		want := expect{gen: a.gen, tags: e.tags, gens: gens}
-		if h, state, _ := m.lookup(e.st, e.ref, a.value, &want, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
-			m.release(e.st, e.ref.lease, token) // refreshed meanwhile, by another process
+		if h, state, _ := m.lookup(e.st, e.ref, a.value, &hd.wants[0], &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
+			m.release(e.st, e.ref.lease, hd.tokens[0]) // refreshed meanwhile, by another process
 			return
 		}
 	}
 	e.st.add(EventRefreshStarted, 1)
-	_, _, err = loadAndStore(ctx, m, e, l, held{token: token, gen: a.gen, gens: gens})
-	if err != nil && err != ErrNotFound {
-		e.st.add(EventRefreshFailed, 1)
-		m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
-		return
-	}
-	e.st.add(EventRefreshSucceeded, 1)
+	loadAndStore(ctx, m, es, idx, hd, single(l), func(_ int, _ any, _ time.Time, err error) {
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			e.st.add(EventRefreshFailed, 1)
+			m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
+			return
+		}
+		e.st.add(EventRefreshSucceeded, 1)
+	})
 }

@@ -213,7 +213,7 @@ func (m *Manager) tagSectionNow(ctx context.Context, st *counters, s *settings) 
 	if len(s.tags) == 0 {
 		return nil, nil
 	}
-	gens, err := m.tagGens(ctx, st, s.tags, m.tagKeep(&entry{s: *s}))
+	gens, err := m.tagGens(ctx, st, s.tags, m.tagKeep(&entry{s: s}))
 	if err != nil {
 		return nil, err
 	}

@@ -139,12 +139,15 @@ func (m *Manager) Warm(name string, fn func(ctx context.Context) (int, error)) e
 }
 
 // WarmWith registers the warming job "memo:NAME", which calls args for the
-// arguments to warm and refreshes the memo's entry of each (Refresh), one
-// after another. Readers keep getting the old entries while the new ones
-// are computed. The job counts the entries it stored; an argument whose
-// function returns ErrNotFound is remembered as not found, not counted, and
-// not a failure. The errors of the other arguments are joined into the
-// job's error, and do not stop the job.
+// arguments to warm and refreshes the memo's entry of each, as Refresh
+// does, in batches of warmBatch: one call of the memo's batch function
+// (MemoizeBatch; a call of its function per argument for Memoize), and one
+// round trip per node to take the leases and one to store the results.
+// Readers keep getting the old entries while the new ones are computed.
+// The job counts the entries it stored; an argument whose result is not
+// found is remembered as such, not counted, and not a failure. The errors
+// of the other arguments are joined into the job's error, and do not stop
+// the job.
 //
 // WarmWith returns ErrInvalidOption for a nil args, and ErrClosed after
 // Close.
@@ -159,21 +162,39 @@ func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) erro
 		}
 		n := 0
 		var errs []error
-		for _, a := range list {
-			_, err := mm.Refresh(ctx, a)
-			switch {
-			case err == nil:
-				n++
-			case errors.Is(err, ErrNotFound):
-			case ctx.Err() != nil:
+		for start := 0; start < len(list); start += warmBatch {
+			chunk := list[start:min(start+warmBatch, len(list))]
+			es, which, err := mm.entries(ctx, chunk)
+			if err != nil {
 				return n, errors.Join(append(errs, err)...)
-			default:
-				errs = append(errs, fmt.Errorf("argument %v: %w", a, err))
 			}
+			distinctArgs := make([]A, len(es))
+			for i, e := range which {
+				distinctArgs[e] = chunk[i]
+			}
+			outs, err := loadMany(ctx, mm.m, es, true, mm.loadMany(distinctArgs))
+			if err != nil {
+				return n, errors.Join(append(errs, err)...)
+			}
+			keys := make([]string, 0, len(outs))
+			for i, o := range outs {
+				switch {
+				case o.err == nil:
+					n++
+					keys = append(keys, es[i].ref.key)
+				case errors.Is(o.err, ErrNotFound):
+				default:
+					errs = append(errs, fmt.Errorf("argument %v: %w", distinctArgs[i], o.err))
+				}
+			}
+			mm.m.dropEverywhere(ctx, false, keys) // other instances' copies are older
 		}
 		return n, errors.Join(errs...)
 	})
 }
+
+// warmBatch is how many arguments a memo's warming job refreshes at once.
+const warmBatch = 1000
 
 // WarmWith registers the warming job "hash:NAME", which calls load and
 // stores every field it returns (SetMany). Fields are overwritten in place;

@@ -9,10 +9,12 @@ import (
 )
 
 var (
-	//go:embed acquire.lua
-	acquireSrc string
-	//go:embed store.lua
-	storeSrc string
+	//go:embed acquire_many.lua
+	acquireManySrc string
+	//go:embed store_many.lua
+	storeManySrc string
+	//go:embed release_many.lua
+	releaseManySrc string
 	//go:embed renew.lua
 	renewSrc string
 	//go:embed release.lua
@@ -40,8 +42,9 @@ func newScript(src string) *Script { return &Script{Script: redis.NewScript(src)
 
 // The scripts, by file name.
 var (
-	Acquire     = newScript(acquireSrc)
-	Store       = newScript(storeSrc)
+	AcquireMany = newScript(acquireManySrc)
+	StoreMany   = newScript(storeManySrc)
+	ReleaseMany = newScript(releaseManySrc)
 	Renew       = newScript(renewSrc)
 	TagGen      = newScript(tagGenSrc)
 	Gens        = newScript(gensSrc)
@@ -59,4 +62,4 @@ var (
 var LockRelease = Release
 
 // All lists every script, for loading them ahead of their first use.
-var All = []*Script{Acquire, Store, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}
+var All = []*Script{AcquireMany, StoreMany, ReleaseMany, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}
