@@ -248,7 +248,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		rdb.AddHook(breakerHook{b: m.breaker, closed: &m.closed})
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
-	m.flights.m = make(map[string]*flight)
+	m.flights.m = make(map[flightKey]*flight)
 	m.stats.obs = o.Observer
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})

@@ -106,18 +106,55 @@ func (m *Manager) forEachMaster(ctx context.Context, fn func(context.Context, no
 }
 
 // scriptGroups splits the entries idx of es into the groups one script call
-// may take together: all of them on a single node (where a script may take
-// any keys), those of one hash slot on a cluster, those of one hash tag on
-// a ring (whose shards are chosen by tag).
+// may take together (see slotGroups).
 func (m *Manager) scriptGroups(es []entry, idx []int) [][]int {
-	if m.oneNode || len(idx) == 1 {
-		return [][]int{idx}
+	groups := m.slotGroups(len(idx), func(j int) string { return es[idx[j]].ref.key })
+	for _, g := range groups {
+		for k, j := range g {
+			g[k] = idx[j]
+		}
+	}
+	return groups
+}
+
+// keyGroups splits keys into the groups one command may take together
+// (see slotGroups).
+func (m *Manager) keyGroups(keys []string) [][]string {
+	if m.oneNode && len(keys) > 0 {
+		return [][]string{keys}
+	}
+	groups := m.slotGroups(len(keys), func(i int) string { return keys[i] })
+	out := make([][]string, len(groups))
+	for g, idx := range groups {
+		out[g] = make([]string, len(idx))
+		for k, i := range idx {
+			out[g][k] = keys[i]
+		}
+	}
+	return out
+}
+
+// slotGroups splits the indexes of n keys (key(i) the i-th) into the groups
+// one command or script call may take together: all of them on a single
+// node (where a command may take any keys), those of one hash slot on a
+// cluster, those of one hash tag on a ring (whose shards are chosen by
+// tag). Groups keep the keys' order.
+func (m *Manager) slotGroups(n int, key func(i int) string) [][]int {
+	if n == 0 {
+		return nil
+	}
+	if m.oneNode || n == 1 {
+		all := make([]int, n)
+		for i := range all {
+			all[i] = i
+		}
+		return [][]int{all}
 	}
 	_, cluster := m.rdb.(*redis.ClusterClient)
 	at := make(map[string]int)
 	var groups [][]int
-	for _, i := range idx {
-		g := hashTag(es[i].ref.key)
+	for i := range n {
+		g := hashTag(key(i))
 		if cluster {
 			g = strconv.Itoa(slotOf(g))
 		}

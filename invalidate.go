@@ -151,13 +151,14 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 
 // invalidate does the Redis work of Invalidate for valid targets.
 func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
-	var p invalidation
+	p := invalidation{strings: make([]stringEntry, 0, len(targets))}
 	for _, t := range targets {
 		switch t.kind {
 		case targetKey:
-			p.strings = append(p.strings, m.keyRef(t.name).withLease())
+			k := m.entryKey(t.name)
+			p.strings = append(p.strings, stringEntry{k, k + leaseSuffix})
 		case targetEntry:
-			p.strings = append(p.strings, entryRef{kind: refMemo, key: t.key, lease: t.lease})
+			p.strings = append(p.strings, stringEntry{t.key, t.lease})
 		case targetField:
 			p.fields = append(p.fields, entryRef{kind: refField, key: t.key, field: t.field, lease: t.lease})
 		case targetHash:
@@ -176,29 +177,7 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 	if err := m.resolvePrefixes(ctx, &p); err != nil {
 		return err
 	}
-	_, err := m.pipe(ctx, m.kv, func(pipe redis.Pipeliner) {
-		// In each pair the lease goes first, so no store lands between the two.
-		for _, r := range p.strings {
-			pipe.Del(ctx, r.lease, r.key)
-		}
-		moved := make(map[string]bool)
-		for _, r := range p.fields {
-			if !moved[r.key] {
-				moved[r.key] = true
-				pipe.Del(ctx, versionOf(r.key)) // voids a warm of the hash loading meanwhile
-			}
-			pipe.Del(ctx, r.lease)
-			pipe.HDel(ctx, r.key, r.field)
-		}
-		// A generation deleted is a new one for the next load: the entries
-		// of the old one are misses from then on.
-		for _, g := range p.gens {
-			pipe.Del(ctx, g)
-		}
-		for _, h := range p.hashes {
-			pipe.Unlink(ctx, h)
-		}
-	})
+	_, err := m.pipe(ctx, m.kv, func(pipe redis.Pipeliner) { p.queue(ctx, m, pipe) })
 	if err == nil && len(p.prefixes) > 0 {
 		err = m.rescanPrefixes(ctx, &p)
 	}
@@ -223,14 +202,49 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 	return nil
 }
 
+// queue queues p's deletes on pipe: as few commands as the keys' slots
+// allow (one DEL on a single node), every lease deleted no later than its
+// entry, so that no store lands between the two.
+func (p *invalidation) queue(ctx context.Context, m *Manager, pipe redis.Pipeliner) {
+	keys := make([]string, 0, 2*len(p.strings)+len(p.fields)+len(p.gens))
+	for _, r := range p.strings {
+		keys = append(keys, r.lease, r.key)
+	}
+	var hashes []string             // the hashes whose fields go, in order
+	fields := map[string][]string{} // their fields
+	for _, r := range p.fields {
+		if _, ok := fields[r.key]; !ok {
+			hashes = append(hashes, r.key)
+			keys = append(keys, versionOf(r.key)) // voids a warm of the hash loading meanwhile
+		}
+		fields[r.key] = append(fields[r.key], r.field)
+		keys = append(keys, r.lease)
+	}
+	// A generation deleted is a new one for the next load: the entries of
+	// the old one are misses from then on.
+	keys = append(keys, p.gens...)
+	for _, group := range m.keyGroups(keys) {
+		pipe.Del(ctx, group...)
+	}
+	for _, h := range hashes { // after the DEL of their leases, on the same node
+		pipe.HDel(ctx, h, fields[h]...)
+	}
+	for _, group := range m.keyGroups(p.hashes) {
+		pipe.Unlink(ctx, group...)
+	}
+}
+
+// stringEntry is a string entry to delete: its key and its lease's.
+type stringEntry struct{ key, lease string }
+
 // invalidation is the Redis work of one Invalidate.
 type invalidation struct {
-	strings        []entryRef // string entries: delete lease and entry
-	fields         []entryRef // hash fields: delete lease, then the field
-	gens           []string   // generations to delete: of memos, hashes and tags
-	hashes         []string   // hashes to delete
-	prefixes       []string   // key prefixes to resolve into entries
-	detachPrefixes []string   // flights to detach by key prefix
+	strings        []stringEntry // string entries: delete lease and entry
+	fields         []entryRef    // hash fields: delete lease, then the field
+	gens           []string      // generations to delete: of memos, hashes and tags
+	hashes         []string      // hashes to delete
+	prefixes       []string      // key prefixes to resolve into entries
+	detachPrefixes []string      // flights to detach by key prefix
 }
 
 func (m *Manager) detach(p *invalidation) {
@@ -307,7 +321,7 @@ func (m *Manager) resolvePrefixes(ctx context.Context, p *invalidation) error {
 					return
 				}
 				mu.Lock()
-				p.strings = append(p.strings, ref)
+				p.strings = append(p.strings, stringEntry{ref.key, ref.lease})
 				mu.Unlock()
 			})
 		})

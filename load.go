@@ -67,11 +67,20 @@ type flight struct {
 // flightGroup holds the flights in progress, by lease key.
 type flightGroup struct {
 	mu sync.Mutex // protects m
-	m  map[string]*flight
+	m  map[flightKey]*flight
+}
+
+// flightKey names a flight: the lease of its entry, and whether the load is
+// forced (Refresh). Forced loads do not share a flight with ordinary
+// misses: a refresh must not return a load that began before it was asked
+// for.
+type flightKey struct {
+	lease  string
+	forced bool
 }
 
 // join returns the flight of key, and true when the caller started it.
-func (g *flightGroup) join(key string) (*flight, bool) {
+func (g *flightGroup) join(key flightKey) (*flight, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if f, ok := g.m[key]; ok {
@@ -83,7 +92,7 @@ func (g *flightGroup) join(key string) (*flight, bool) {
 }
 
 // finish publishes f's result and removes it from the group.
-func (g *flightGroup) finish(key string, f *flight, val any, at time.Time, err error) {
+func (g *flightGroup) finish(key flightKey, f *flight, val any, at time.Time, err error) {
 	g.mu.Lock()
 	if g.m[key] == f {
 		delete(g.m, key)
@@ -99,8 +108,8 @@ func (g *flightGroup) detach(keys []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, k := range keys {
-		delete(g.m, k)
-		delete(g.m, forcedPrefix+k)
+		delete(g.m, flightKey{k, false})
+		delete(g.m, flightKey{k, true})
 	}
 }
 
@@ -108,7 +117,7 @@ func (g *flightGroup) detach(keys []string) {
 func (g *flightGroup) detachAll() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.m = make(map[string]*flight)
+	g.m = make(map[flightKey]*flight)
 }
 
 // detachPrefix detaches the flights whose lease key starts with prefix.
@@ -116,7 +125,7 @@ func (g *flightGroup) detachPrefix(prefix string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k := range g.m {
-		if strings.HasPrefix(k, prefix) || strings.HasPrefix(k, forcedPrefix+prefix) {
+		if strings.HasPrefix(k.lease, prefix) {
 			delete(g.m, k)
 		}
 	}
@@ -126,11 +135,6 @@ func (g *flightGroup) detachPrefix(prefix string) {
 // for another process's load: short, since only one flight per process and
 // key polls, and every millisecond of it is added to the waiters' latency.
 const maxLeasePoll = 16 * time.Millisecond
-
-// forcedPrefix marks the flights of forced loads (Refresh), which do not
-// share a flight with ordinary misses: a refresh must not return a load that
-// began before it was asked for.
-const forcedPrefix = "!"
 
 // batchLoader loads the entries at idx of a load's entries, and returns
 // their values by index; an index it leaves out has no value.
@@ -174,13 +178,10 @@ func loadEntry[A, T any](ctx context.Context, m *Manager, e entry, force bool, l
 // those that are missing (or all, when force is set) with l, shared as
 // described above. The error is the caller's ctx's, when it ended first.
 func loadMany[T any](ctx context.Context, m *Manager, es []entry, force bool, l batchLoader[T]) ([]outcome[T], error) {
-	keys := make([]string, len(es))
+	keys := make([]flightKey, len(es))
 	for i := range es {
 		es[i].ref = es[i].ref.withLease()
-		keys[i] = es[i].ref.lease
-		if force {
-			keys[i] = forcedPrefix + keys[i]
-		}
+		keys[i] = flightKey{es[i].ref.lease, force}
 	}
 	out := make([]outcome[T], len(es))
 	fs := make([]*flight, len(es))

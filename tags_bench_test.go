@@ -96,3 +96,35 @@ func BenchmarkInvalidateTag(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkInvalidateKeys measures Invalidate of 1000 keys (with their
+// leases) next to one raw DEL of 1000 keys, per key.
+func BenchmarkInvalidateKeys(b *testing.B) {
+	_, rdb, m := benchSetup(b)
+	ctx := context.Background()
+	const n = 1000
+	keys := make([]string, n)
+	raw := make([]string, n)
+	targets := make([]Target, n)
+	for i := range n {
+		keys[i] = fmt.Sprint("item-", i)
+		raw[i] = "raw:" + keys[i]
+		targets[i] = Key(keys[i])
+	}
+	b.Run("raw-go-redis-del-1000", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := rdb.Del(ctx, raw...).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("stockpot-1000-keys", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := m.Invalidate(ctx, targets...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
