@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,8 +65,17 @@ func (e *env) manager(opts *Options) *Manager {
 	}
 	m, err := New(e.b.Client(e.t), &o)
 	require.NoError(e.t, err)
-	e.t.Cleanup(func() { _ = m.Close() })
+	e.t.Cleanup(func() { closeWithin(e.t, m) })
 	return m
+}
+
+// closeWithin closes m, failing t when Close does not return within
+// testredis.Timeout (it waits for the Manager's background work, loads in
+// flight included) or returns an error. Tests close every Manager with it,
+// in t.Cleanup or at the point the test closes it.
+func closeWithin(t testing.TB, m *Manager) {
+	t.Helper()
+	testredis.CloseWithin(t, "the Manager", m)
 }
 
 // advance moves both Redis's TTLs and the Managers' clock by d.
@@ -91,6 +101,44 @@ func await(ctx context.Context, ch <-chan struct{}) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// gate holds test loaders until the test opens it. A loader passes it with
+// pass, which waits with the loader's context too (see await); the test
+// waits for the first loader to arrive with reached, and lets them all go on
+// with open. Nothing about the arrival is lost: a loader that arrives before
+// the test waits for it is seen all the same.
+type gate struct {
+	arrived  atomic.Int32  // loaders that reached the gate
+	first    chan struct{} // closed when the first loader reaches the gate
+	opened   chan struct{} // closed by open
+	firstDo  sync.Once
+	openOnce sync.Once
+}
+
+func newGate() *gate {
+	return &gate{first: make(chan struct{}), opened: make(chan struct{})}
+}
+
+// pass is called by a loader: it counts the loader as arrived, then waits
+// until the gate is open (nil) or ctx ends (ctx's error).
+func (g *gate) pass(ctx context.Context) error {
+	g.arrived.Add(1)
+	g.firstDo.Do(func() { close(g.first) })
+	return await(ctx, g.opened)
+}
+
+// reached waits until a loader has reached the gate, failing t after
+// testredis.Timeout with what, the loader that did not come.
+func (g *gate) reached(t testing.TB, what string) {
+	t.Helper()
+	testredis.Recv(t, g.first, what)
+}
+
+// open lets the loaders waiting at the gate, and those to come, go on. It is
+// idempotent.
+func (g *gate) open() {
+	g.openOnce.Do(func() { close(g.opened) })
 }
 
 // lastOwn is the stack of the last goroutine ownGoroutines counted, for

@@ -10,6 +10,11 @@
 // Tests that need a real server skip with a loud message when redis-server
 // (or, for a cluster, redis-cli) is not on PATH, unless the environment sets
 // STOCKPOT_REQUIRE_REDIS=1, in which case the missing binary is a failure.
+//
+// No test waits without a bound: [Recv], [Wait], [Within] and [CloseWithin]
+// wait at most [Timeout] for a value, a WaitGroup, a call or a Close, and
+// fail the test with what did not happen; polled conditions use
+// require.Eventually with the same Timeout.
 package testredis
 
 import (
