@@ -141,6 +141,21 @@ func (g *gate) open() {
 	g.openOnce.Do(func() { close(g.opened) })
 }
 
+// goroutinesBack polls, on the calling goroutine, until at most before
+// goroutines run, failing t after testredis.Timeout. It polls itself rather
+// than with require.Eventually, whose condition runs on a goroutine of its
+// own that NumGoroutine would count.
+func goroutinesBack(t testing.TB, before int) {
+	t.Helper()
+	deadline := time.Now().Add(testredis.Timeout)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines still run %v after the test ended its work, want at most %d", runtime.NumGoroutine(), testredis.Timeout, before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // lastOwn is the stack of the last goroutine ownGoroutines counted, for
 // failure messages.
 var lastOwn string

@@ -19,31 +19,6 @@ import (
 	"github.com/stockpot-go/cache/internal/testredis"
 )
 
-// lockWaitFor polls cond every few milliseconds until it holds, failing t when
-// it does not within 10s.
-func lockWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// lockRecv returns the value from ch, failing t when none comes within 10s.
-func lockRecv[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
 // lostWhileRunning runs WithLock on m with a fn that sends its lock's fence
 // on entered, then waits for its context to end and returns the context's
 // cause. It returns entered and a channel that receives WithLock's error
@@ -57,17 +32,26 @@ func lostWhileRunning(t *testing.T, m *Manager, name string, ttl time.Duration) 
 		err := m.WithLock(t.Context(), name, ttl, func(ctx context.Context) error {
 			l, _ := LockFromContext(ctx)
 			entered <- l.Fence()
-			select {
-			case <-ctx.Done():
-				cause = context.Cause(ctx)
-				return ctx.Err()
-			case <-time.After(10 * time.Second):
-				return errors.New("fn's context was not cancelled")
-			}
+			cause = awaitCancel(ctx)
+			return ctx.Err()
 		})
 		out <- [2]error{err, cause}
 	}()
 	return entered, out
+}
+
+// awaitCancel waits, in a WithLock fn, for fn's context to end, and returns
+// its cause; or, when it has not ended within testredis.Timeout, an error
+// that says so.
+func awaitCancel(ctx context.Context) error {
+	t := time.NewTimer(testredis.Timeout)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return fmt.Errorf("fn's context was not cancelled within %v", testredis.Timeout)
+	}
 }
 
 func TestLockBasics(t *testing.T) {
@@ -172,7 +156,7 @@ func TestLockMutualExclusion(t *testing.T) {
 				}
 			})
 		}
-		wg.Wait()
+		testredis.Wait(t, &wg, "100 workers to take the lock 5 times each")
 		close(errs)
 		for err := range errs {
 			require.NoError(t, err)
@@ -274,7 +258,7 @@ func TestLockRetry(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		ctx := t.Context()
 
 		held, err := holder.TryLock(ctx, "oven", time.Minute)
@@ -309,9 +293,10 @@ func TestLockRetry(t *testing.T) {
 			}
 			got <- err
 		}()
-		lockWaitFor(t, "the waiter to try", func() bool { return f.calls(scripts.LockObtain) >= 8 })
+		require.Eventually(t, func() bool { return f.calls(scripts.LockObtain) >= 8 }, testredis.Timeout, time.Millisecond,
+			"the waiter to try the held lock a few times")
 		require.NoError(t, held.Release(ctx))
-		require.NoError(t, lockRecv(t, "the waiter", got))
+		require.NoError(t, testredis.Recv(t, got, "the waiter to get the released lock"))
 	})
 }
 
@@ -374,7 +359,7 @@ func TestWithLock(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		err = m.WithLock(cctx, "order:42", time.Second, func(ctx context.Context) error {
 			cancel()
-			<-ctx.Done()
+			testredis.Recv(t, ctx.Done(), "fn's context to end with the caller's")
 			return ctx.Err()
 		})
 		assert.ErrorIs(t, err, context.Canceled)
@@ -408,10 +393,10 @@ func TestWithLockRefreshes(t *testing.T) {
 				// Refreshes come every 200ms, so the lease has at least
 				// 100ms left after this.
 				b.FastForward(t, ttl/2)
-				lockWaitFor(t, "a refresh", func() bool {
+				require.Eventually(t, func() bool {
 					pttl, err := rdb.PTTL(ctx, key).Result()
 					return err == nil && pttl > ttl/2
-				})
+				}, testredis.Timeout, time.Millisecond, "a refresh of the lease")
 			}
 			return ctx.Err()
 		})
@@ -425,9 +410,9 @@ func TestWithLockLostWhenKeyDeleted(t *testing.T) {
 		rdb := b.Client(t)
 
 		entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
+		testredis.Recv(t, entered, "fn to start")
 		require.NoError(t, rdb.Del(t.Context(), m.lockKey("order:42")).Err())
-		res := lockRecv(t, "WithLock to return", out)
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[0], ErrLockLost)
 		assert.ErrorIs(t, res[0], context.Canceled, "fn's error is joined")
@@ -440,12 +425,12 @@ func TestWithLockLostWhenLeaseExpires(t *testing.T) {
 		other := newEnv(t, b).manager(nil)
 
 		entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
+		testredis.Recv(t, entered, "fn to start")
 		b.FastForward(t, time.Second)
 		// Someone else takes the lock before the next refresh, or not:
 		// either way the refresher finds it is no longer its own.
 		l, err := other.TryLock(t.Context(), "order:42", time.Minute)
-		res := lockRecv(t, "WithLock to return", out)
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[0], ErrLockLost)
 		if err == nil {
@@ -540,7 +525,7 @@ func TestLockRedisErrors(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		ctx := t.Context()
 
 		f.set(scripts.LockObtain, true)
@@ -581,7 +566,7 @@ func TestLockObtainReplyLost(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		other := newEnv(t, b).manager(nil)
 		l, err := m.TryLock(t.Context(), "warm", time.Second) // loads the script
 		require.NoError(t, err)
@@ -590,10 +575,10 @@ func TestLockObtainReplyLost(t *testing.T) {
 		f.loseReply(scripts.LockObtain, true)
 		_, err = m.TryLock(t.Context(), "oven", time.Hour)
 		assert.ErrorIs(t, err, errLockFault)
-		lockWaitFor(t, "the lock to be given back", func() bool {
+		require.Eventually(t, func() bool {
 			l, err := other.TryLock(t.Context(), "oven", time.Second)
 			return err == nil && l.Release(t.Context()) == nil
-		})
+		}, testredis.Timeout, time.Millisecond, "the lock to be given back")
 	})
 }
 
@@ -602,12 +587,12 @@ func TestWithLockLostWhenRefreshesFail(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 
 		f.set(scripts.LockRefresh, true)
 		entered, out := lostWhileRunning(t, m, "oven", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
-		res := lockRecv(t, "WithLock to return", out)
+		testredis.Recv(t, entered, "fn to start")
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[1], errLockFault, "the cause tells why")
 		assert.ErrorIs(t, res[0], ErrLockLost)
@@ -621,21 +606,21 @@ func TestWithLockRedisRestart(t *testing.T) {
 	srv := testredis.Start(t)
 	m, err := New(srv.Client(t), &Options{Prefix: "test"})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 
 	entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-	fence := lockRecv(t, "fn to start", entered)
+	fence := testredis.Recv(t, entered, "fn to start")
 	srv.Kill()
-	res := lockRecv(t, "WithLock to return", out)
+	res := testredis.Recv(t, out, "WithLock to return")
 	assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 	assert.ErrorIs(t, res[0], ErrLockLost)
 
 	srv.Restart()
 	var l *Lock
-	lockWaitFor(t, "a lock after the restart", func() bool {
+	require.Eventually(t, func() bool {
 		l, err = m.TryLock(t.Context(), "order:42", time.Second)
 		return err == nil
-	})
+	}, testredis.Timeout, time.Millisecond, "a lock after the restart")
 	assert.Greater(t, l.Fence(), fence, "the fence does not go back though Redis lost its counter")
 	require.NoError(t, l.Release(t.Context()))
 }
@@ -686,7 +671,7 @@ func TestLockAfterClose(t *testing.T) {
 
 		l, err := m.TryLock(ctx, "oven", time.Minute)
 		require.NoError(t, err)
-		require.NoError(t, m.Close())
+		closeWithin(t, m)
 
 		_, err = m.Lock(ctx, "other", time.Second)
 		assert.ErrorIs(t, err, ErrClosed)
@@ -712,6 +697,7 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 		client := b.Client(t)
 		m, err := New(client, &Options{Prefix: "test"})
 		require.NoError(t, err)
+		t.Cleanup(func() { closeWithin(t, m) })
 
 		const n = 5
 		var entered sync.WaitGroup
@@ -722,25 +708,24 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 				var cause error
 				err := m.WithLock(ctx, fmt.Sprintf("oven:%d", i), 300*time.Millisecond, func(ctx context.Context) error {
 					entered.Done()
-					<-ctx.Done()
-					cause = context.Cause(ctx)
+					cause = awaitCancel(ctx)
 					return ctx.Err()
 				})
 				out <- [2]error{err, cause}
 			}()
 		}
-		entered.Wait()
-		require.NoError(t, m.Close())
+		testredis.Wait(t, &entered, "5 WithLock calls to run their fn")
+		closeWithin(t, m)
 		assert.False(t, refresherRunning(), "a refresher outlived Close")
 
 		for range n {
-			res := lockRecv(t, "WithLock to return", out)
+			res := testredis.Recv(t, out, "WithLock to return")
 			assert.ErrorIs(t, res[1], ErrClosed, "fn's context cause")
 			assert.ErrorIs(t, res[0], ErrClosed)
 		}
 		assert.Empty(t, allKeys(t, rdb, "test:{lock:*}"), "the locks were released")
 		require.NoError(t, client.Close())
-		lockWaitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+		goroutinesBack(t, before)
 	})
 }
 
