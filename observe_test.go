@@ -42,7 +42,7 @@ func TestObserver(t *testing.T) {
 	rdb := faultClient(t, srv.Addr())
 	m, err := New(rdb, &Options{Prefix: "test", Observer: rec, Breaker: BreakerOptions{Failures: 2, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	errBoom := errors.New("boom")
 	memo := Memoize(m, "board", func(ctx context.Context, n int) (int, error) {

@@ -34,7 +34,7 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 	rdb := faultClient(t, srv.Addr())
 	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 3, CoolDown: 200 * time.Millisecond}})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	const loaderTime = 2 * time.Millisecond
 	square := Memoize(m, "square", func(ctx context.Context, n int) (int, error) {
 		time.Sleep(loaderTime)
@@ -77,24 +77,31 @@ func TestRedisKilledAndRestarted(t *testing.T) {
 			}
 		})
 	}
-	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > 100 }, 10*time.Second, time.Millisecond)
+	// Stops the readers if the test ends early; closed again below.
+	var stopOnce sync.Once
+	stopReaders := func() { stopOnce.Do(func() { close(stop) }) }
+	t.Cleanup(func() { stopReaders(); testredis.Wait(t, &wg, "the readers to stop") })
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > 100 }, testredis.Timeout, time.Millisecond,
+		"100 hits with Redis up")
 
 	srv.Kill()
 	phase.Store(1)
-	require.Eventually(t, func() bool { return m.BreakerState() == "open" }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return m.BreakerState() == "open" }, testredis.Timeout, time.Millisecond,
+		"the breaker to open once Redis is killed")
 	breakerOpened.Store(true)
 	degradedAt := m.Stats().ByName["memo:square"].Degraded
-	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Degraded > degradedAt+200 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Degraded > degradedAt+200 }, testredis.Timeout, time.Millisecond,
+		"200 reads answered by the loader with Redis down")
 
 	srv.Restart()
 	hitsAt := m.Stats().ByName["memo:square"].Hits
 	restarted := time.Now()
 	phase.Store(2)
-	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > hitsAt+100 }, 10*time.Second, time.Millisecond,
-		"the Manager uses Redis again once it is back")
+	require.Eventually(t, func() bool { return m.Stats().ByName["memo:square"].Hits > hitsAt+100 }, testredis.Timeout, time.Millisecond,
+		"the Manager to use Redis again once it is back")
 	t.Logf("Redis in use again %v after the restart", time.Since(restarted).Round(time.Millisecond))
-	close(stop)
-	wg.Wait()
+	stopReaders()
+	testredis.Wait(t, &wg, "the readers to stop")
 
 	assert.Zero(t, errs.Load(), "no loaded read saw an error")
 	assert.Equal(t, "closed", m.BreakerState())
@@ -108,7 +115,7 @@ func TestOutageErrors(t *testing.T) {
 	rdb := faultClient(t, srv.Addr())
 	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 2, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	h := NewHash[int](m, "h")
 	srv.Kill()
@@ -129,29 +136,25 @@ func TestOutageErrors(t *testing.T) {
 	// 1000 concurrent callers of one key during the outage: one load.
 	var loads atomic.Int32
 	var wg sync.WaitGroup
-	var ready sync.WaitGroup
-	ready.Add(1000)
 	start = time.Now()
-	gate := make(chan struct{})
+	g := newGate() // holds the load until all 1000 callers have joined it
 	for range 1000 {
 		wg.Go(func() {
-			ready.Done()
-			<-gate
 			v, err := GetOrLoad(ctx, m, "hot", func(ctx context.Context) (string, error) {
 				loads.Add(1)
-				if err := await(ctx, gate); err != nil {
+				if err := g.pass(ctx); err != nil {
 					return "", err
 				}
-				time.Sleep(100 * time.Millisecond) // long enough for all 1000 to join
 				return "from the database", nil
 			})
 			assert.NoError(t, err)
 			assert.Equal(t, "from the database", v)
 		})
 	}
-	ready.Wait()
-	close(gate)
-	wg.Wait()
+	require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 999 }, testredis.Timeout, time.Millisecond,
+		"999 callers to join the first one's load")
+	g.open()
+	testredis.Wait(t, &wg, "the 1000 callers to get the loaded value")
 	assert.Equal(t, int32(1), loads.Load(), "singleflight holds while Redis is down")
 	t.Logf("1000 callers during the outage: %d load, %v", loads.Load(), time.Since(start).Round(time.Millisecond))
 	assert.Positive(t, m.Stats().ByName["keys"].Degraded)
@@ -178,7 +181,7 @@ func startDelayProxy(t *testing.T, target string) *delayProxy {
 			_ = c.Close()
 		}
 		mu.Unlock()
-		wg.Wait()
+		testredis.Wait(t, &wg, "the proxy's goroutines to end")
 	})
 	wg.Go(func() {
 		for {
@@ -223,7 +226,7 @@ func TestLatencyFault(t *testing.T) {
 	rdb := faultClient(t, proxy.Addr())
 	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: 3, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	memo := Memoize(m, "m", func(ctx context.Context, n int) (string, error) { return fmt.Sprint("v", n), nil })
 	for n := range 5 {

@@ -168,11 +168,17 @@ func TestWarmReadersNeverMiss(t *testing.T) {
 		require.NoError(t, leaderboard.WarmWith(func(ctx context.Context) ([]string, error) { return regions, nil }))
 
 		stop := make(chan struct{})
+		var stopOnce sync.Once
 		var wg sync.WaitGroup
+		stopReaders := func() {
+			stopOnce.Do(func() { close(stop) })
+			testredis.Wait(t, &wg, "the readers to stop")
+		}
+		t.Cleanup(stopReaders) // when the test ends early
 		var reads, bad atomic.Int64
-		for g := range 8 {
+		for reader := range 8 {
 			wg.Go(func() {
-				for i := g; ; i++ {
+				for i := reader; ; i++ {
 					select {
 					case <-stop:
 						return
@@ -205,8 +211,7 @@ func TestWarmReadersNeverMiss(t *testing.T) {
 			"100 reads while the warm's load is held")
 		g.open()
 		res := testredis.Recv(t, warmed, "WarmAll to return")
-		close(stop)
-		testredis.Wait(t, &wg, "the readers to stop")
+		stopReaders()
 		report, err := res.report, res.err
 		require.NoError(t, err)
 		require.Len(t, report.Jobs, 1)
