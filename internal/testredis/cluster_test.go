@@ -108,7 +108,13 @@ func TestMoveSlotUnderLoad(t *testing.T) {
 	}
 
 	stop := make(chan struct{})
+	var stopOnce sync.Once
 	var wg sync.WaitGroup
+	stopClients := func() {
+		stopOnce.Do(func() { close(stop) })
+		Wait(t, &wg, "the writers and readers to stop")
+	}
+	t.Cleanup(stopClients) // when the test ends early
 	var mu sync.Mutex
 	var errs []error
 	for w := range 4 {
@@ -140,8 +146,7 @@ func TestMoveSlotUnderLoad(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		c.MoveSlot(t, slot, (from+i)%3)
 	}
-	close(stop)
-	wg.Wait()
+	stopClients()
 	require.Empty(t, errs)
 	require.Equal(t, from, c.SlotOwner(t, slot))
 }

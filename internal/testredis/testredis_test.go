@@ -49,7 +49,7 @@ func TestKillRestart(t *testing.T) {
 	s.Restart()
 	require.Equal(t, addr, s.Addr(), "Restart keeps the port")
 	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil },
-		5*time.Second, 5*time.Millisecond, "the old client reconnects after Restart")
+		Timeout, 5*time.Millisecond, "the old client to reconnect after Restart")
 	require.NoError(t, s.Client(t).Ping(ctx).Err())
 	require.ErrorIs(t, rdb.Get(ctx, "k").Err(), redis.Nil, "data does not survive a restart")
 }

@@ -21,13 +21,19 @@ const Timeout = 20 * time.Second
 // happen. Call it from the test's goroutine.
 func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
-	timer := time.NewTimer(Timeout)
+	return recv(t, ch, what, Timeout)
+}
+
+// recv is Recv with a bound of d.
+func recv[T any](t testing.TB, ch <-chan T, what string, d time.Duration) T {
+	t.Helper()
+	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case v := <-ch:
 		return v
 	case <-timer.C:
-		t.Fatalf("timed out after %v waiting for %s%s", Timeout, what, stacks())
+		t.Fatalf("timed out after %v waiting for %s%s", d, what, stacks())
 		panic("unreachable")
 	}
 }
@@ -39,12 +45,18 @@ func Recv[T any](t testing.TB, ch <-chan T, what string) T {
 // Within from the test's goroutine, or from a t.Cleanup function.
 func Within(t testing.TB, what string, f func()) {
 	t.Helper()
+	within(t, what, f, Timeout)
+}
+
+// within is Within with a bound of d.
+func within(t testing.TB, what string, f func(), d time.Duration) {
+	t.Helper()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		f()
 	}()
-	Recv(t, done, what)
+	recv(t, done, what, d)
 }
 
 // Wait waits for wg as Within does.
