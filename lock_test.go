@@ -109,9 +109,11 @@ func TestLockKeysEscaped(t *testing.T) {
 	})
 }
 
-// TestLockMutualExclusion has 100 goroutines on 4 Managers (4 connection
+// TestLockMutualExclusion has 20 goroutines on 4 Managers (4 connection
 // pools) take one lock 5 times each: never two at once, and every fence is
-// above the one before.
+// above the one before. (More contenders add nothing but load: on
+// miniredis, whose scripts run in an interpreter, 100 of them polling the
+// lock kept a race-detector build busy for half a minute.)
 func TestLockMutualExclusion(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
@@ -119,7 +121,7 @@ func TestLockMutualExclusion(t *testing.T) {
 		for i := range managers {
 			managers[i] = e.manager(nil)
 		}
-		const workers, rounds = 100, 5
+		const workers, rounds = 20, 5
 
 		var (
 			inside  atomic.Int32
@@ -156,7 +158,7 @@ func TestLockMutualExclusion(t *testing.T) {
 				}
 			})
 		}
-		testredis.Wait(t, &wg, "100 workers to take the lock 5 times each")
+		testredis.Wait(t, &wg, "20 workers to take the lock 5 times each")
 		close(errs)
 		for err := range errs {
 			require.NoError(t, err)
@@ -386,17 +388,29 @@ func TestWithLockRefreshes(t *testing.T) {
 		rdb := b.Client(t)
 		ctx := t.Context()
 		key := m.lockKey("oven")
-		const ttl = 600 * time.Millisecond
+		const (
+			ttl  = 3 * time.Second         // refreshed every second
+			step = 1200 * time.Millisecond // what each FastForward takes off the lease
+			// fresh is more than a FastForward leaves (ttl-step), so a
+			// lease with more than fresh left was refreshed since; and a
+			// FastForward then leaves it more than fresh-step (1.6s), which
+			// the next refresh, due within a second, has ample time to beat
+			// on a busy machine.
+			fresh = ttl - 200*time.Millisecond
+		)
+		refreshed := func() {
+			t.Helper()
+			require.Eventually(t, func() bool {
+				pttl, err := rdb.PTTL(ctx, key).Result()
+				return err == nil && pttl > fresh
+			}, testredis.Timeout, time.Millisecond, "a refresh of the lease")
+		}
 
 		err := m.WithLock(ctx, "oven", ttl, func(ctx context.Context) error {
-			for range 3 {
-				// Refreshes come every 200ms, so the lease has at least
-				// 100ms left after this.
-				b.FastForward(t, ttl/2)
-				require.Eventually(t, func() bool {
-					pttl, err := rdb.PTTL(ctx, key).Result()
-					return err == nil && pttl > ttl/2
-				}, testredis.Timeout, time.Millisecond, "a refresh of the lease")
+			refreshed()
+			for range 3 { // 3.6s in all, more than the lease's 3s
+				b.FastForward(t, step)
+				refreshed()
 			}
 			return ctx.Err()
 		})
