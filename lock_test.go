@@ -604,7 +604,11 @@ func TestWithLockLostWhenRefreshesFail(t *testing.T) {
 		t.Cleanup(func() { closeWithin(t, m) })
 
 		f.set(scripts.LockRefresh, true)
-		entered, out := lostWhileRunning(t, m, "oven", 300*time.Millisecond)
+		// The refresher tries every ttl/3, and again every ttl/12 once a
+		// refresh fails, until the lease runs out: a lease of 2s leaves
+		// room for a second try however late the first one comes on a
+		// busy machine.
+		entered, out := lostWhileRunning(t, m, "oven", 2*time.Second)
 		testredis.Recv(t, entered, "fn to start")
 		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
@@ -720,7 +724,9 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 		for i := range n {
 			go func() {
 				var cause error
-				err := m.WithLock(ctx, fmt.Sprintf("oven:%d", i), 300*time.Millisecond, func(ctx context.Context) error {
+				// A lease that cannot run out before Close, however late its
+				// refreshes come.
+				err := m.WithLock(ctx, fmt.Sprintf("oven:%d", i), time.Minute, func(ctx context.Context) error {
 					entered.Done()
 					cause = awaitCancel(ctx)
 					return ctx.Err()

@@ -272,10 +272,12 @@ func TestLeaseHolderClosed(t *testing.T) {
 func TestLeaseHolderDied(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
-		m := e.manager(&Options{LeaseTTL: 3 * time.Second})
+		// A lease long enough that a real server's clock does not end it
+		// before the test moves it on.
+		m := e.manager(&Options{LeaseTTL: time.Minute})
 		ctx := t.Context()
 		// A holder that died without releasing: its lease is there, nobody renews it.
-		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").lease, "dead-holder", 3*time.Second).Err())
+		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").lease, "dead-holder", time.Minute).Err())
 		got := make(chan string, 1)
 		go func() {
 			v, err := GetOrLoad(ctx, m, "k", func(ctx context.Context) (string, error) { return "loaded", nil })
@@ -284,7 +286,7 @@ func TestLeaseHolderDied(t *testing.T) {
 		}()
 		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].LeaseWaits == 1 }, testredis.Timeout, time.Millisecond,
 			"the caller to wait on the dead holder's lease")
-		e.advance(4 * time.Second) // the dead holder's lease expires
+		e.advance(61 * time.Second) // the dead holder's lease expires
 		assert.Equal(t, "loaded", testredis.Recv(t, got, "the caller to take over the expired lease"))
 	})
 }
