@@ -156,23 +156,19 @@ func goroutinesBack(t testing.TB, before int) {
 	}
 }
 
-// lastOwn is the stack of the last goroutine ownGoroutines counted, for
-// failure messages.
-var lastOwn string
-
 // ownGoroutines counts the goroutines running the package's own code, not
-// its tests' nor the Redis client's.
-func ownGoroutines() int {
+// its tests' nor the Redis client's, and returns the stack of one of them
+// for failure messages.
+func ownGoroutines() (n int, one string) {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "stockpot-go/cache.") && !strings.Contains(g, "_test.go") {
 			n++
-			lastOwn = g
+			one = g
 		}
 	}
-	return n
+	return n, one
 }
 
 // allKeys returns the keys matching pattern on rdb's backend, sorted: on a
