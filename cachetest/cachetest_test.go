@@ -75,13 +75,13 @@ func TestAdvanceIntoStaleWindow(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v, err := tweets.Get(ctx, "gopher")
 		return err == nil && v == 2
-	}, 5*time.Second, 5*time.Millisecond, "the background refresh stores the new value")
+	}, testredis.Timeout, 5*time.Millisecond, "the background refresh to store the new value")
 
 	require.GreaterOrEqual(t, env.Manager.Stats().ByName["memo:tweets"].StaleHits, uint64(1))
 	// The refresh counts its success just after storing the value.
 	require.Eventually(t, func() bool {
 		return env.Manager.Stats().ByName["memo:tweets"].RefreshesSucceeded == 1
-	}, 5*time.Second, time.Millisecond)
+	}, testredis.Timeout, time.Millisecond, "the refresh to be counted as succeeded")
 }
 
 // Clock.Add alone moves the Managers' idea of freshness, not Redis: a hash
