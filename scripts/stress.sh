@@ -75,7 +75,11 @@ for ((h = 0; h < HOGS; h++)); do
 	bash -c 'while kill -0 "$1" 2>/dev/null; do for ((i = 0; i < 200000; i++)); do :; done; done' hog "$$" &
 	hogs+=("$!")
 done
-echo "stress: $COUNT runs of -run '$RUN' with $HOGS CPU hogs beside them (pids: ${hogs[*]:-none}) on $(nproc) cores; logs in $OUT"
+runs="runs"
+if [ "$COUNT" -eq 1 ]; then
+	runs="run"
+fi
+echo "stress: $COUNT $runs of -run '$RUN' with $HOGS CPU hogs beside them (pids: ${hogs[*]:-none}) on $(nproc) cores; logs in $OUT"
 
 export STOCKPOT_REQUIRE_REDIS=1
 start=$SECONDS
@@ -103,7 +107,7 @@ done
 stop_hogs
 
 echo
-echo "stress: $green of $COUNT runs green, with $HOGS CPU hogs, in $(fmt_secs $((SECONDS - start)))"
+echo "stress: $green of $COUNT $runs green, with $HOGS CPU hogs, in $(fmt_secs $((SECONDS - start)))"
 if [ "${#failed_runs[@]}" -gt 0 ]; then
 	echo "stress: failed runs: ${failed_runs[*]} (logs in $OUT)"
 	exit 1
