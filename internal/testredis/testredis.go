@@ -44,9 +44,14 @@ const RequireEnv = "STOCKPOT_REQUIRE_REDIS"
 const (
 	// startTimeout bounds how long Start and Restart wait for PING.
 	startTimeout = 10 * time.Second
-	// clientTimeout is the default dial, read and write timeout of clients
-	// made by Server.Client.
-	clientTimeout = time.Second
+	// clientTimeout is the dial, read and write timeout of the clients that
+	// Server.Client and Cluster.Client make, and of the harness's own. It
+	// is generous: a busy machine running the race detector can starve a
+	// process for a second, and a behaviour test must not take that for
+	// Redis failing (the Manager's circuit breaker would open, and loads
+	// fall back to the loader). Fault tests set short timeouts of their
+	// own with ClientWith.
+	clientTimeout = 5 * time.Second
 	// startAttempts is how many free ports Start tries before giving up, in
 	// case another process takes the port between choosing and binding it.
 	startAttempts = 3
@@ -174,7 +179,7 @@ func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 }
 
-// Client returns a new client to the server with 1s dial, read and write
+// Client returns a new client to the server with 5s dial, read and write
 // timeouts, closed in t.Cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
