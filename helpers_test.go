@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stockpot-go/cache/internal/testredis"
@@ -169,6 +171,17 @@ func ownGoroutines() (n int, one string) {
 		}
 	}
 	return n, one
+}
+
+// assertTTL checks a TTL read from Redis: want, less at most the time
+// since the write that set it began at (a real server's clock runs between
+// the write and the read; miniredis's does not).
+func assertTTL(t testing.TB, want, got time.Duration, wrote time.Time, msgAndArgs ...any) {
+	t.Helper()
+	least := want - time.Since(wrote) - time.Millisecond // PTTL is in whole milliseconds
+	if got > want || got < least {
+		assert.Fail(t, fmt.Sprintf("TTL %v, want %v less the %v since the write (at least %v)", got, want, time.Since(wrote), least), msgAndArgs...)
+	}
 }
 
 // allKeys returns the keys matching pattern on rdb's backend, sorted: on a
