@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,7 +110,6 @@ func await(ctx context.Context, ch <-chan struct{}) error {
 // with open. Nothing about the arrival is lost: a loader that arrives before
 // the test waits for it is seen all the same.
 type gate struct {
-	arrived  atomic.Int32  // loaders that reached the gate
 	first    chan struct{} // closed when the first loader reaches the gate
 	opened   chan struct{} // closed by open
 	firstDo  sync.Once
@@ -122,10 +120,9 @@ func newGate() *gate {
 	return &gate{first: make(chan struct{}), opened: make(chan struct{})}
 }
 
-// pass is called by a loader: it counts the loader as arrived, then waits
+// pass is called by a loader: it records the loader's arrival, then waits
 // until the gate is open (nil) or ctx ends (ctx's error).
 func (g *gate) pass(ctx context.Context) error {
-	g.arrived.Add(1)
 	g.firstDo.Do(func() { close(g.first) })
 	return await(ctx, g.opened)
 }
