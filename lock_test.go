@@ -473,11 +473,13 @@ type lockFaults struct {
 var errLockFault = errors.New("injected fault")
 
 // lockFaultyClient returns a new client on b whose faults the returned
-// lockFaults injects.
+// lockFaults injects. The client is connected (on a cluster, it has loaded
+// the slot map), so that a test's first lock does not pay for that.
 func lockFaultyClient(t *testing.T, b *testredis.Backend) (redis.UniversalClient, *lockFaults) {
 	t.Helper()
 	f := &lockFaults{fail: map[string]bool{}, lose: map[string]bool{}, n: map[string]int{}}
 	rdb := b.Client(t)
+	require.NoError(t, rdb.Ping(t.Context()).Err())
 	rdb.AddHook(f)
 	return rdb, f
 }
@@ -608,11 +610,12 @@ func TestWithLockLostWhenRefreshesFail(t *testing.T) {
 		t.Cleanup(func() { closeWithin(t, m) })
 
 		f.set(scripts.LockRefresh, true)
-		// The refresher tries every ttl/3, and again every ttl/12 once a
-		// refresh fails, until the lease runs out: a lease of 2s leaves
-		// room for a second try however late the first one comes on a
-		// busy machine.
-		entered, out := lostWhileRunning(t, m, "oven", 2*time.Second)
+		// The refresher tries after ttl/3, and again every ttl/12 once a
+		// refresh fails, until the lease (counted from when the obtain was
+		// sent) runs out: a 3s lease leaves room for a second try even if
+		// the obtain and the first try come more than a second late, as
+		// they did with a 300ms, then a 2s lease on a busy machine.
+		entered, out := lostWhileRunning(t, m, "oven", 3*time.Second)
 		testredis.Recv(t, entered, "fn to start")
 		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
