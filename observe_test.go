@@ -110,11 +110,13 @@ func TestLockStats(t *testing.T) {
 		e := newEnv(t, b)
 		m := e.manager(nil)
 		ctx := t.Context()
-		l, err := m.TryLock(ctx, "order:1", time.Second)
+		// A lease a real server's clock cannot end while the test runs; the
+		// test moves it on.
+		l, err := m.TryLock(ctx, "order:1", 10*time.Second)
 		require.NoError(t, err)
 		_, err = m.Lock(ctx, "order:1", time.Second, LinearRetry(time.Millisecond), MaxAttempts(3))
 		require.ErrorIs(t, err, ErrNotObtained)
-		e.advance(2 * time.Second)
+		e.advance(11 * time.Second)
 		require.ErrorIs(t, l.Release(ctx), ErrLockLost)
 		st := m.Stats().ByName["locks"]
 		assert.Equal(t, uint64(1), st.LocksObtained)
