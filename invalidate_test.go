@@ -233,11 +233,11 @@ func TestTagVoidsLoadInFlight(t *testing.T) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
 		var version atomic.Int64
-		gate := make(chan struct{})
+		g := newGate()
 		mm := Memoize(m, "menu", func(ctx context.Context, outlet string) (int64, error) {
 			v := version.Load()
 			if v == 0 {
-				if err := await(ctx, gate); err != nil {
+				if err := g.pass(ctx); err != nil {
 					return 0, err
 				}
 			}
@@ -249,11 +249,11 @@ func TestTagVoidsLoadInFlight(t *testing.T) {
 			_, err := mm.Get(ctx, "42")
 			assert.NoError(t, err)
 		}()
-		require.Eventually(t, func() bool { return m.Stats().ByName["memo:menu"].Loads == 1 }, 5*time.Second, time.Millisecond)
+		g.reached(t, "the load of version 0 to start")
 		version.Store(1)
 		require.NoError(t, m.Invalidate(ctx, Tag("outlet:42")))
-		close(gate)
-		<-done
+		g.open()
+		testredis.Recv(t, done, "the caller of the voided load to return")
 		v, err := mm.Get(ctx, "42")
 		require.NoError(t, err)
 		assert.Equal(t, int64(1), v, "the load in flight when its tag was invalidated was not stored")
@@ -401,7 +401,7 @@ func TestNoStaleReadAfterInvalidate(t *testing.T) {
 				time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
 			}
 		})
-		wg.Wait()
+		testredis.Wait(t, &wg, "the readers and the invalidator to stop at the deadline")
 		assert.Zero(t, stale.Load())
 		t.Logf("%d invalidations, %d reads", source.Load(), reads.Load())
 	})
@@ -425,7 +425,7 @@ func TestInvalidateRoundTrips(t *testing.T) {
 		}
 		m, err := New(rdb, &Options{Prefix: "test", Now: e.clock.Now})
 		require.NoError(t, err)
-		defer m.Close()
+		t.Cleanup(func() { closeWithin(t, m) })
 		ctx := t.Context()
 		h := NewHash[int](m, "h")
 		mm := Memoize(m, "m", func(ctx context.Context, i int) (int, error) { return i, nil })
