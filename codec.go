@@ -24,13 +24,14 @@ var (
 	// have no msgpack tag.
 	//
 	// Its arrays and maps (structs included) nest at most 1000 deep: a
-	// deeper value is an encoding error. It decodes only bytes whose
-	// declared lengths fit in them, so that a decode allocates no more than
-	// the bytes can fill; other bytes are a decoding error, never a panic.
+	// deeper value, or one that refers to itself, is an encoding error. It
+	// decodes only bytes whose declared lengths fit in them, so that a
+	// decode allocates no more than the bytes can fill; other bytes are a
+	// decoding error, never a panic.
 	Msgpack Codec = msgpackCodec{}
 	// JSON encodes values with encoding/json, for data that programs in
-	// other languages read. It decodes arrays and objects nested at most
-	// 10000 deep.
+	// other languages read. Its arrays and objects nest at most 10000 deep;
+	// a deeper value, or one that refers to itself, is an encoding error.
 	JSON Codec = jsonCodec{}
 )
 
@@ -57,8 +58,13 @@ var (
 	}}
 )
 
-// Marshal encodes v. The bytes it returns pass Unmarshal's check.
+// Marshal encodes v, after making sure it neither refers to itself nor
+// nests deeper than Unmarshal reads back; the bytes it returns pass
+// Unmarshal's check.
 func (msgpackCodec) Marshal(v any) ([]byte, error) {
+	if err := msgpackRules.walkEncodable(v); err != nil {
+		return nil, err
+	}
 	e := msgpackEncoders.Get().(*msgpack.Encoder)
 	defer msgpackEncoders.Put(e)
 	var buf bytes.Buffer
@@ -67,8 +73,8 @@ func (msgpackCodec) Marshal(v any) ([]byte, error) {
 	if err := e.Encode(v); err != nil {
 		return nil, err
 	}
-	// A value may nest deeper than Unmarshal reads back, and a value's own
-	// encoder (a CustomEncoder) may write what is not MessagePack.
+	// A value's own encoder (a CustomEncoder, say) may nest deeper than
+	// the walk saw, or write what is not MessagePack.
 	if err := msgpackcheck.Check(buf.Bytes()); err != nil {
 		return nil, fmt.Errorf("the encoding would not decode: %w", err)
 	}
@@ -98,7 +104,14 @@ func (msgpackCodec) Unmarshal(data []byte, v any) (err error) {
 
 type jsonCodec struct{}
 
-func (jsonCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+// Marshal encodes v, after making sure it neither refers to itself nor
+// nests deeper than encoding/json decodes.
+func (jsonCodec) Marshal(v any) ([]byte, error) {
+	if err := jsonRules.walkEncodable(v); err != nil {
+		return nil, err
+	}
+	return json.Marshal(v)
+}
 
 // Unmarshal decodes data into v. encoding/json checks the whole of data
 // before it decodes any of it, and refuses arrays and objects nested more
