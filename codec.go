@@ -62,7 +62,8 @@ var (
 // nests deeper than Unmarshal reads back; the bytes it returns pass
 // Unmarshal's check.
 func (msgpackCodec) Marshal(v any) ([]byte, error) {
-	if err := msgpackRules.walkEncodable(v); err != nil {
+	check, err := msgpackRules.walkEncodable(v)
+	if err != nil {
 		return nil, err
 	}
 	e := msgpackEncoders.Get().(*msgpack.Encoder)
@@ -74,9 +75,12 @@ func (msgpackCodec) Marshal(v any) ([]byte, error) {
 		return nil, err
 	}
 	// A value's own encoder (a CustomEncoder, say) may nest deeper than
-	// the walk saw, or write what is not MessagePack.
-	if err := msgpackcheck.Check(buf.Bytes()); err != nil {
-		return nil, fmt.Errorf("the encoding would not decode: %w", err)
+	// the walk saw, or write what is not MessagePack. Values of the other
+	// types are known to read back.
+	if check {
+		if err := msgpackcheck.Check(buf.Bytes()); err != nil {
+			return nil, fmt.Errorf("the encoding would not decode: %w", err)
+		}
 	}
 	return buf.Bytes(), nil
 }
@@ -107,7 +111,7 @@ type jsonCodec struct{}
 // Marshal encodes v, after making sure it neither refers to itself nor
 // nests deeper than encoding/json decodes.
 func (jsonCodec) Marshal(v any) ([]byte, error) {
-	if err := jsonRules.walkEncodable(v); err != nil {
+	if _, err := jsonRules.walkEncodable(v); err != nil {
 		return nil, err
 	}
 	return json.Marshal(v)

@@ -29,6 +29,11 @@ import (
 // are walked the way the codec walks them (the fields it encodes, stopping
 // at types it encodes with their own methods), tracking the pointers, maps
 // and slices on the current path once the path is deeper than trackAfter.
+//
+// The same analysis tells Msgpack when its encoding needs no check before
+// it is written (see msgpackCodec.Marshal): a type that is not open nests
+// as deep as its type does, and only a type with its own MessagePack
+// encoder (CustomEncoder, Marshaler) may write what does not read back.
 
 var (
 	// errCyclic is wrapped by the error of encoding a value that refers to
@@ -46,6 +51,9 @@ type encodeRules struct {
 	leaf func(t reflect.Type) bool
 	// skip reports whether the codec leaves field f out.
 	skip func(f reflect.StructField) bool
+	// raw, when not nil, reports whether t's own method writes bytes the
+	// codec does not vouch for, so that its encoding must be checked.
+	raw func(t reflect.Type) bool
 	// maxDepth is how deep the codec's decoder lets arrays and maps nest.
 	maxDepth int
 
@@ -60,7 +68,17 @@ type typeWalk struct {
 	// fields are the indexes of a struct's fields that are walked: those
 	// the codec encodes whose types are open.
 	fields []int
+	// depth is how deep arrays and maps nest in the encoding of a value of
+	// the type, at most, when it is not open.
+	depth int
+	// check: an encoding of a value of the type may not read back (it is
+	// open, too deep, or holds a raw type), so it must be checked.
+	check bool
 }
+
+// onCycle is the typeWalk of a type found again on the path of the type
+// analysis, and of the maps and slices of interfaces that decoders make.
+var onCycle = &typeWalk{open: true, check: true}
 
 var (
 	// msgpackRules walk values as Msgpack encodes them.
@@ -68,6 +86,9 @@ var (
 		leaf: func(t reflect.Type) bool {
 			return t == timeType || t == errorType ||
 				implementsAny(t, msgpackCustomEncoder, msgpackMarshaler, binaryMarshaler, textMarshaler)
+		},
+		raw: func(t reflect.Type) bool {
+			return implementsAny(t, msgpackCustomEncoder, msgpackMarshaler)
 		},
 		skip: func(f reflect.StructField) bool {
 			tag := f.Tag.Get("msgpack")
@@ -131,10 +152,25 @@ func implementsAny(t reflect.Type, ifaces ...reflect.Type) bool {
 
 // walkEncodable returns an error wrapping errCyclic when v refers to itself
 // through what r's codec encodes, or errTooDeep when it nests deeper than
-// r.maxDepth.
-func (r *encodeRules) walkEncodable(v any) error {
+// r.maxDepth. It also reports whether v's encoding may not read back, and
+// must be checked.
+func (r *encodeRules) walkEncodable(v any) (check bool, err error) {
+	if v == nil {
+		return false, nil
+	}
+	var tw *typeWalk
+	switch v.(type) {
+	case []any, map[string]any:
+		tw = onCycle
+	default:
+		tw = r.walkOf(reflect.TypeOf(v))
+	}
+	if !tw.open {
+		return tw.check, nil
+	}
 	w := valueWalk{r: r}
-	return w.iface(v)
+	err = w.iface(v)
+	return w.check, err
 }
 
 // closed is the typeWalk of types that hold no references.
@@ -149,9 +185,7 @@ func (r *encodeRules) walkOf(t reflect.Type) *typeWalk {
 		return tw.(*typeWalk)
 	}
 	a := typeAnalysis{r: r, onPath: map[reflect.Type]bool{}}
-	a.open(t)
-	tw, _ := r.types.Load(t)
-	return tw.(*typeWalk)
+	return a.of(t)
 }
 
 // typeAnalysis finds which types are open: a depth-first search of the
@@ -159,42 +193,64 @@ func (r *encodeRules) walkOf(t reflect.Type) *typeWalk {
 // onPath. A type that reaches one on the path is on a cycle of types, so
 // it is open; one that reaches an interface is open too. Both answers hold
 // whatever the search goes on to find, so every type is stored as soon as
-// it is known.
+// it is known. A type that is not open holds finitely many types, whose
+// depths the search adds up.
 type typeAnalysis struct {
 	r      *encodeRules
 	onPath map[reflect.Type]bool
 }
 
-func (a *typeAnalysis) open(t reflect.Type) bool {
+func (a *typeAnalysis) of(t reflect.Type) *typeWalk {
 	if tw, ok := a.r.types.Load(t); ok {
-		return tw.(*typeWalk).open
+		return tw.(*typeWalk)
 	}
 	if a.onPath[t] {
-		return true
+		return onCycle
 	}
 	a.onPath[t] = true
 	tw := &typeWalk{}
+	k := t.Kind()
 	switch {
 	case a.r.leaf(t):
-	case t.Kind() == reflect.Interface:
-		tw.open = true
-	case t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array:
-		tw.open = a.open(t.Elem())
-	case t.Kind() == reflect.Map:
-		k, e := a.open(t.Key()), a.open(t.Elem())
-		tw.open = k || e
-	case t.Kind() == reflect.Struct:
+		tw.check = a.r.raw != nil && a.r.raw(t)
+	case k == reflect.Interface:
+		tw.open, tw.check = true, true
+	case k == reflect.Pointer:
+		tw.add(a.of(t.Elem()), 0)
+	case (k == reflect.Slice || k == reflect.Array) && t.Elem().Kind() == reflect.Uint8:
+		// Bytes, encoded as such.
+	case k == reflect.Slice || k == reflect.Array:
+		tw.add(a.of(t.Elem()), 1)
+	case k == reflect.Map:
+		tw.add(a.of(t.Key()), 1)
+		tw.add(a.of(t.Elem()), 1)
+	case k == reflect.Struct:
+		tw.depth = 1
 		for i := range t.NumField() {
 			f := t.Field(i)
-			if !a.r.skip(f) && a.open(f.Type) {
+			if a.r.skip(f) {
+				continue
+			}
+			ft := a.of(f.Type)
+			if ft.open {
 				tw.fields = append(tw.fields, i)
 			}
+			tw.add(ft, 1)
 		}
-		tw.open = len(tw.fields) > 0
+	}
+	if tw.depth > a.r.maxDepth {
+		tw.check = true
 	}
 	delete(a.onPath, t)
 	a.r.types.Store(t, tw)
-	return tw.open
+	return tw
+}
+
+// add accounts for a type held in tw's, inside container levels.
+func (tw *typeWalk) add(held *typeWalk, container int) {
+	tw.open = tw.open || held.open
+	tw.check = tw.check || held.check
+	tw.depth = max(tw.depth, held.depth+container)
 }
 
 // trackAfter is the path length after which the walk tracks the pointers,
@@ -211,6 +267,9 @@ type valueWalk struct {
 	// trackAfter. A reference is its address and type: a struct and its
 	// first field share an address.
 	path map[ref]struct{}
+	// check: the value holds more than nil, booleans, numbers, strings,
+	// and []any and map[string]any of them, so its encoding is checked.
+	check bool
 }
 
 type ref struct {
@@ -256,6 +315,9 @@ func (w *valueWalk) iface(x any) error {
 		w.leave(r, true)
 		return nil
 	}
+	// Past the types above, the walk does not follow what the codec
+	// writes closely enough to know that it reads back.
+	w.check = true
 	t := reflect.TypeOf(x)
 	if !w.r.walkOf(t).open {
 		return nil

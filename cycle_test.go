@@ -157,6 +157,23 @@ func TestWalkOnlyOpenTypes(t *testing.T) {
 	}
 	// error is encoded by msgpack as its message.
 	assert.False(t, msgpackRules.walkOf(reflect.TypeOf(struct{ E error }{})).open)
+
+	// Encodings of closed types are known to read back, unless they hold a
+	// type that writes its own MessagePack.
+	rows := msgpackRules.walkOf(reflect.TypeOf([]benchRow{}))
+	assert.Equal(t, 3, rows.depth)
+	assert.False(t, rows.check)
+	assert.True(t, msgpackRules.walkOf(reflect.TypeOf(struct{ T tooDeep }{})).check)
+	assert.True(t, msgpackRules.walkOf(reflect.TypeOf(map[string]any{})).check)
+	// Nor those of what JSON decoders make.
+	check, err := msgpackRules.walkEncodable(map[string]any{"a": []any{1, "x", nil, 2.5, map[string]any{}}})
+	require.NoError(t, err)
+	assert.False(t, check)
+	check, err = msgpackRules.walkEncodable(map[string]any{"a": []any{tooDeep{}}})
+	require.NoError(t, err)
+	assert.True(t, check)
+	_, err = Msgpack.Marshal(map[string]any{"a": []any{tooDeep{}}})
+	assert.ErrorIs(t, err, msgpackcheck.ErrInvalid)
 }
 
 // TestSetCyclicValue: a Set of a value that refers to itself returns an
@@ -176,4 +193,24 @@ func TestSetCyclicValue(t *testing.T) {
 			assert.ErrorIs(t, err, ErrMiss)
 		}
 	})
+}
+
+// TestUncheckedEncodingsReadBack: the encodings Marshal does not check are
+// those the check passes.
+func TestUncheckedEncodingsReadBack(t *testing.T) {
+	root := &treeNode{Name: "root", Kids: []*treeNode{{Name: "kid"}}}
+	values := []any{
+		benchPayload(), benchAnyPayload(), map[string]any{"a": []any{1, "x", nil, 2.5, map[string]any{}}},
+		time.Now(), []time.Time{{}}, root, list(msgpackcheck.MaxDepth - 1), struct{ E error }{errors.New("x")},
+		[3][2]int{}, map[[2]string][]byte{{"a", "b"}: []byte("c")}, &ring{V: 1}, []any{&ring{V: 2}},
+	}
+	for _, v := range values {
+		check, err := msgpackRules.walkEncodable(v)
+		require.NoError(t, err, "%T", v)
+		b, err := Msgpack.Marshal(v)
+		require.NoError(t, err, "%T", v)
+		if !check {
+			assert.NoError(t, msgpackcheck.Check(b), "%T", v)
+		}
+	}
 }

@@ -44,7 +44,7 @@ var ErrInvalid = errors.New("msgpack: invalid input")
 
 // Check reports whether b is a sequence of whole MessagePack values whose
 // declared lengths fit in b and whose containers nest at most MaxDepth deep.
-// It does not allocate.
+// It allocates only for values nested more than 32 deep.
 func Check(b []byte) error {
 	return walk(b, nil)
 }
@@ -65,28 +65,41 @@ func walk(b []byte, ext *[]int) error {
 		if i >= len(b) {
 			return fmt.Errorf("%w: %d values missing at the end", ErrInvalid, open[len(open)-1])
 		}
-		c := b[i]
-		hdr, size, items, isExt, err := header(b[i:])
-		if err != nil {
-			return fmt.Errorf("%w: %v at offset %d", ErrInvalid, err, i)
-		}
-		i += hdr
-		if isExt && size > 0 && ext != nil {
-			*ext = append(*ext, i)
+		start, c := i, b[i]
+		var size, items uint64
+		switch {
+		// The one-byte headers first: most values have them.
+		case c < 0x80 || c >= 0xe0: // fixint
+			i++
+		case c < 0x90: // fixmap
+			i, items = i+1, 2*uint64(c&0x0f)
+		case c < 0xa0: // fixarray
+			i, items = i+1, uint64(c&0x0f)
+		case c < 0xc0: // fixstr
+			i, size = i+1, uint64(c&0x1f)
+		default:
+			hdr, sz, it, isExt, err := header(b[i:])
+			if err != nil {
+				return fmt.Errorf("%w: %v at offset %d", ErrInvalid, err, i)
+			}
+			i, size, items = i+hdr, sz, it
+			if isExt && size > 0 && ext != nil {
+				*ext = append(*ext, i)
+			}
 		}
 		if left := uint64(len(b) - i); size > left {
-			return fmt.Errorf("%w: value at offset %d declares %d bytes, %d left", ErrInvalid, i-hdr, size, left)
+			return fmt.Errorf("%w: value at offset %d declares %d bytes, %d left", ErrInvalid, start, size, left)
 		} else if items > left {
 			what, n := "array of", items
 			if c&0xf0 == 0x80 || c == 0xde || c == 0xdf {
 				what, n = "map of", items/2
 			}
-			return fmt.Errorf("%w: %s %d at offset %d, %d bytes left", ErrInvalid, what, n, i-hdr, left)
+			return fmt.Errorf("%w: %s %d at offset %d, %d bytes left", ErrInvalid, what, n, start, left)
 		}
 		i += int(size)
 		if items > 0 {
 			if len(open) == MaxDepth {
-				return fmt.Errorf("%w: arrays and maps nested more than %d deep at offset %d", ErrInvalid, MaxDepth, i-hdr)
+				return fmt.Errorf("%w: arrays and maps nested more than %d deep at offset %d", ErrInvalid, MaxDepth, start)
 			}
 			open = append(open, items)
 			continue
