@@ -2,6 +2,7 @@ package cache
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 	"unsafe"
@@ -28,6 +29,11 @@ func (m *Manager) marshal(v any) ([]byte, envelope.Flags, error) {
 	payload, err := m.opts.Codec.Marshal(v)
 	if err != nil {
 		return nil, 0, wrap(err, "encode %T", v)
+	}
+	if len(payload) > m.maxDecoded() {
+		// Compressed below MaxValueSize or not, it would not be read back.
+		return nil, 0, fmt.Errorf("%w: %T encodes to %d bytes, more than %d (%d times MaxValueSize, %d)",
+			ErrValueTooLarge, v, len(payload), m.maxDecoded(), maxExpansion, m.opts.MaxValueSize)
 	}
 	if m.opts.CompressAbove >= 0 && len(payload) > m.opts.CompressAbove {
 		if c := s2.Encode(nil, payload); len(c) < len(payload) {
@@ -65,21 +71,37 @@ func freshUntil(now time.Time, ttl time.Duration) int64 {
 	return now.Add(ttl).UnixMilli()
 }
 
-// maxDecoded bounds the size a compressed payload may claim, so corrupt
-// bytes cannot make a decode allocate without limit.
+// maxExpansion is how many times MaxValueSize a value's encoding may be
+// before compression. A few bytes of S2 can claim any length and expand to
+// it, so this bounds what a hostile compressed value can make a read
+// decompress, and then decode.
+const maxExpansion = 8
+
+// maxDecoded is the largest encoding the Manager writes, and the most a
+// compressed payload may decompress to when read, so that corrupt or
+// hostile bytes cannot make a read allocate without limit.
 func (m *Manager) maxDecoded() int {
-	return 64 * m.opts.MaxValueSize
+	if m.opts.MaxValueSize > math.MaxInt/maxExpansion {
+		return math.MaxInt
+	}
+	return maxExpansion * m.opts.MaxValueSize
 }
 
-// decodePayload decodes an envelope's payload into dst.
+// decodePayload decodes an envelope's payload into dst. What it decodes is
+// no larger than what the Manager writes: MaxValueSize, or maxDecoded once
+// decompressed; larger bytes were not written by a Manager with these
+// options, and would make the decode allocate in proportion.
 func (m *Manager) decodePayload(h envelope.Header, payload []byte, dst any) error {
+	if len(payload) > m.opts.MaxValueSize {
+		return fmt.Errorf("stored value is %d bytes, more than MaxValueSize (%d)", len(payload), m.opts.MaxValueSize)
+	}
 	if h.Flags&envelope.Compressed != 0 {
 		n, err := s2.DecodedLen(payload)
 		if err != nil {
 			return err
 		}
 		if n > m.maxDecoded() {
-			return fmt.Errorf("compressed value claims %d bytes", n)
+			return fmt.Errorf("compressed value claims %d bytes, more than %d", n, m.maxDecoded())
 		}
 		if payload, err = s2.Decode(nil, payload); err != nil {
 			return err

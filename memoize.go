@@ -2,11 +2,7 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"strconv"
 )
 
 // Memo is a memoized function: its results are cached per argument. Make
@@ -29,10 +25,14 @@ type Memo[A, R any] struct {
 // cached for the TTL opts give.
 //
 // The argument is a key: two equal arguments give one entry, two different
-// ones two entries, in every process. Arguments are encoded canonically as
-// JSON (structs by their exported fields, maps with sorted keys); long
-// encodings are hashed with SHA-256. Fields that JSON leaves out
-// (unexported, or tagged "-") are not part of the key.
+// ones two entries, in every process. Equal means: strings and byte slices
+// with the same bytes, numbers of the same value (0 and -0 are equal, and
+// so are all NaNs), times of the same instant (whatever their zone), nil
+// and empty slices or maps, pointers to equal values, interfaces holding
+// equal values of one dynamic type, and structs whose fields are all equal,
+// exported or not, but for fields tagged `cache:"-"`. Arguments are encoded
+// canonically, long encodings hashed with SHA-256; one that holds a func,
+// a channel or a cycle is refused with ErrInvalidKey.
 //
 // All of a memo's entries live in one Redis Cluster hash slot, with the
 // generation that ForgetAll moves: that is what makes ForgetAll a single
@@ -162,34 +162,3 @@ func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
 	mm.st.add(EventDelete, 1)
 	return nil
 }
-
-// argKey returns prefix followed by the canonical key text of a memo
-// argument: readable for strings and integers, its JSON (which sorts map
-// keys) for short values of other types, the SHA-256 of that JSON for long
-// ones. Each form has its own marker, so two forms never give one text.
-func argKey(prefix string, a any) (string, error) {
-	switch v := a.(type) {
-	case string:
-		if len(v) <= maxPlainArg {
-			return prefix + "s:" + v, nil
-		}
-	case int:
-		return prefix + "i:" + strconv.Itoa(v), nil
-	case int64:
-		return prefix + "i:" + strconv.FormatInt(v, 10), nil
-	case struct{}:
-		return prefix + "_", nil
-	}
-	b, err := json.Marshal(a)
-	if err != nil {
-		return "", err
-	}
-	if len(b) <= maxPlainArg {
-		return prefix + "j:" + string(b), nil
-	}
-	sum := sha256.Sum256(b)
-	return prefix + "h:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
-}
-
-// maxPlainArg is the longest argument text kept as it is in a key.
-const maxPlainArg = 96

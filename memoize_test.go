@@ -547,7 +547,7 @@ func TestMemoKeys(t *testing.T) {
 	seen := map[string]q{}
 	for _, arg := range []q{
 		{}, {Region: "Mumbai"}, {Region: "Mumbai", Limit: 20}, {Region: "Mumbai", Limit: 2},
-		{Region: "Mumbai2"}, {Tags: []string{}}, {Tags: []string{"a"}}, {Tags: []string{"a", ""}},
+		{Region: "Mumbai2"}, {Tags: []string{""}}, {Tags: []string{"a"}}, {Tags: []string{"a", ""}},
 		{Region: strings.Repeat("x", 500)}, {Region: strings.Repeat("x", 501)},
 	} {
 		k, err := sq.Key(arg)
