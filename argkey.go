@@ -49,7 +49,8 @@ import (
 // after "vh:" when the text is longer than maxPlainArg. Strings and
 // integers of those types take short paths that reflect nothing: "s:" then
 // the string as it is (up to maxPlainArg bytes), and "i:" then the decimal.
-// No form starts like another: s: i: v: vh: and _ (the empty struct).
+// No form starts like another: s: i: v: vh: _ (the empty struct), and u:
+// and uh: for the texts of KeyBy.
 
 // maxPlainArg is the longest argument text kept as it is in a key.
 const maxPlainArg = 96
@@ -93,6 +94,16 @@ func argText[A any](prefix string, a A) (string, error) {
 	}
 	sum := sha256.Sum256(e.buf)
 	return prefix + "vh:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
+}
+
+// userKey returns prefix followed by text, a KeyBy function's key text of
+// an argument, or its hash when it is long.
+func userKey(prefix, text string) string {
+	if len(text) <= maxPlainArg {
+		return prefix + "u:" + text
+	}
+	sum := sha256.Sum256([]byte(text))
+	return prefix + "uh:" + base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 var argEncoders = sync.Pool{New: func() any { return &argEncoder{buf: make([]byte, 0, 2*maxPlainArg)} }}

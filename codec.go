@@ -3,7 +3,9 @@ package cache
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -101,9 +103,23 @@ func (msgpackCodec) Unmarshal(data []byte, v any) (err error) {
 	if err := d.r.Reset(data); err != nil {
 		return err
 	}
+	if a, ok := v.(*any); ok {
+		*a = nil // decode into it afresh, a nil as nil (as JSON does)
+	}
 	d.dec.Reset(&d.r)
 	d.dec.SetCustomStructTag("json")
-	return d.dec.Decode(v)
+	if err := d.dec.Decode(v); err != nil {
+		// The bytes are well-formed MessagePack (Reset checked them): they
+		// hold a value of another type.
+		return mismatch(v, err)
+	}
+	return nil
+}
+
+// mismatch is the error of well-formed stored bytes that hold a value of
+// another type than v points to.
+func mismatch(v any, err error) error {
+	return fmt.Errorf("type mismatch: the stored value does not decode into %s: %w", strings.TrimPrefix(fmt.Sprintf("%T", v), "*"), err)
 }
 
 type jsonCodec struct{}
@@ -127,5 +143,10 @@ func (jsonCodec) Unmarshal(data []byte, v any) (err error) {
 			err = fmt.Errorf("json: decoding panicked: %v", p)
 		}
 	}()
-	return json.Unmarshal(data, v)
+	err = json.Unmarshal(data, v)
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return mismatch(v, err)
+	}
+	return err
 }

@@ -64,17 +64,15 @@ func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
 }
 
 // Get returns the value of field: ErrMiss when it is absent, expired or does
-// not decode, ErrNotFound when a loader's ErrNotFound is remembered.
+// not decode (then the error says why, and matches *DecodeError too),
+// ErrNotFound when a loader's ErrNotFound is remembered.
 func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	var v T
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
 	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), h.s.tags, &v)
-	if err != nil {
-		return v, err
-	}
-	return v, countRead(h.st, state)
+	return v, plainRead(h.st, state, err)
 }
 
 // Set stores v in field. A load of field in flight does not overwrite it.

@@ -117,7 +117,8 @@ func (m *Manager) keyEntry(ctx context.Context, key string, hasLoader bool, opts
 
 // Get decodes the value of key into dst, a non-nil pointer. It returns
 // ErrMiss when there is no fresh value (absent, expired, or stored bytes
-// that do not decode into dst), and ErrNotFound for a remembered
+// that do not decode into dst: then the error says why, a type mismatch
+// or corrupt bytes, and matches *DecodeError too), and ErrNotFound for a remembered
 // ErrNotFound. A dst that is not a non-nil pointer is an error matching
 // ErrInvalidOption, whatever the key holds.
 func (m *Manager) Get(ctx context.Context, key string, dst any) error {
@@ -131,10 +132,7 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 		return fmt.Errorf("%w: Get decodes into a non-nil pointer, not %T", ErrInvalidOption, dst)
 	}
 	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst)
-	if err != nil {
-		return err
-	}
-	return countRead(m.kv, state)
+	return plainRead(m.kv, state, err)
 }
 
 // countRead counts a plain read's state and returns its error.

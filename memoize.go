@@ -16,8 +16,10 @@ type Memo[A, R any] struct {
 	batch func(context.Context, []A) ([]R, error)
 	// tagsFor gives an argument's tags, from TagsFor; nil for none.
 	tagsFor func(A) []string
-	s       settings
-	st      *counters
+	// keyBy gives an argument's key text, from KeyBy; nil for argKey's.
+	keyBy func(A) string
+	s     settings
+	st    *counters
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -32,7 +34,8 @@ type Memo[A, R any] struct {
 // equal values of one dynamic type, and structs whose fields are all equal,
 // exported or not, but for fields tagged `cache:"-"`. Arguments are encoded
 // canonically, long encodings hashed with SHA-256; one that holds a func,
-// a channel or a cycle is refused with ErrInvalidKey.
+// a channel or a cycle is refused with ErrInvalidKey. KeyBy gives a memo
+// keys of the caller's own instead.
 //
 // All of a memo's entries live in one Redis Cluster hash slot, with the
 // generation that ForgetAll moves: that is what makes ForgetAll a single
@@ -60,6 +63,13 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 		}
 		mm.tagsFor = f
 	}
+	if mm.s.keyBy != nil {
+		f, ok := mm.s.keyBy.(func(A) string)
+		if !ok && err == nil {
+			err = fmt.Errorf("%w: KeyBy takes a func(%T) string", ErrInvalidOption, *new(A))
+		}
+		mm.keyBy = f
+	}
 	if err != nil {
 		panic(wrap(err, "Memoize %q", name))
 	}
@@ -79,6 +89,9 @@ func (mm *Memo[A, R]) Key(args A) (string, error) {
 
 // ref returns where args's entry lives.
 func (mm *Memo[A, R]) ref(args A) (entryRef, error) {
+	if mm.keyBy != nil {
+		return mm.entryRef(userKey(mm.entryPrefix(), mm.keyBy(args))), nil
+	}
 	k, err := argKey(mm.entryPrefix(), args)
 	if err != nil {
 		return entryRef{}, wrap(err, "memo %q: argument %T is not a key", mm.name, args)

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -138,4 +139,95 @@ func TestErrorText(t *testing.T) {
 	}
 	var de *DecodeError
 	assert.False(t, errors.As(lockErr, &de))
+}
+
+// A value of another type than the destination is a miss that says it is a
+// type mismatch, on both codecs; a nil read into an any that holds a value
+// is a hit that leaves it nil.
+func TestTypeMismatchAndNilIntoAny(t *testing.T) {
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		e := newEnv(t, b)
+		ctx := t.Context()
+		for _, codec := range []Codec{Msgpack, JSON} {
+			m := e.manager(&Options{Codec: codec})
+			require.NoError(t, m.Set(ctx, "n", 42))
+			_, err := Get[string](ctx, m, "n")
+			assert.ErrorIs(t, err, ErrMiss, "%T", codec)
+			var de *DecodeError
+			assert.ErrorAs(t, err, &de, "%T", codec)
+			assert.ErrorContains(t, err, "type mismatch: the stored value does not decode into string")
+			assert.Equal(t, 1, strings.Count(err.Error(), "cache:"), err.Error())
+
+			h := NewHash[string](m, "h")
+			require.NoError(t, m.Client().HSet(ctx, m.hashKeys("h").key, "f", "").Err())
+			_, err = h.Get(ctx, "f")
+			assert.ErrorIs(t, err, ErrMiss, "%T: a field that is not an envelope", codec)
+
+			// Corrupt bytes are not called a type mismatch.
+			require.NoError(t, m.Client().Set(ctx, m.entryKey("bad"), "junk", 0).Err())
+			_, err = Get[string](ctx, m, "bad")
+			assert.ErrorIs(t, err, ErrMiss)
+			assert.NotContains(t, err.Error(), "type mismatch")
+
+			require.NoError(t, m.Set(ctx, "nil", nil))
+			var a any = 5
+			require.NoError(t, m.Get(ctx, "nil", &a), "%T: nil is a hit", codec)
+			assert.Nil(t, a, "%T", codec)
+			a = "old"
+			require.NoError(t, m.Set(ctx, "map", map[string]any{"x": "y"}))
+			require.NoError(t, m.Get(ctx, "map", &a))
+			assert.Equal(t, map[string]any{"x": "y"}, a, "%T: decoded afresh", codec)
+		}
+	})
+}
+
+// KeyBy keys a memo by the caller's text: arguments the canonical
+// encoding refuses become keys, equal texts share an entry, and a KeyBy of
+// another argument type is refused at Memoize.
+func TestMemoKeyBy(t *testing.T) {
+	_, rdb := testredis.Mini(t)
+	m, err := New(rdb, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, m) })
+	ctx := t.Context()
+	type req struct {
+		ID   int
+		Done func() // refused by the canonical encoding
+	}
+	var calls int
+	memo := Memoize(m, "byid", func(ctx context.Context, r req) (int, error) { calls++; return r.ID * 2, nil },
+		KeyBy(func(r req) string { return strconv.Itoa(r.ID) }))
+	for range 2 {
+		v, err := memo.Get(ctx, req{ID: 21, Done: func() {}})
+		require.NoError(t, err)
+		assert.Equal(t, 42, v)
+	}
+	assert.Equal(t, 1, calls, "one entry for equal texts")
+	k, err := memo.Key(req{ID: 21})
+	require.NoError(t, err)
+	assert.True(t, strings.HasSuffix(k, ":u:21"), k)
+	other, err := memo.Key(req{ID: 1})
+	require.NoError(t, err)
+	assert.NotEqual(t, k, other)
+	byText := Memoize(m, "bytext", func(ctx context.Context, s string) (int, error) { return len(s), nil },
+		KeyBy(func(s string) string { return s }))
+	k1, err := byText.Key(strings.Repeat("a", 200))
+	require.NoError(t, err)
+	k2, err := byText.Key(strings.Repeat("a", 201))
+	require.NoError(t, err)
+	assert.Contains(t, k1, ":uh:", "a long text is hashed")
+	assert.NotEqual(t, k1, k2)
+
+	plain := Memoize(m, "plain", func(ctx context.Context, r req) (int, error) { return 0, nil })
+	_, err = plain.Get(ctx, req{ID: 1, Done: func() {}})
+	assert.ErrorIs(t, err, ErrInvalidKey, "a func is not a key without KeyBy")
+
+	assertPanicsWith(t, ErrInvalidOption, func() {
+		Memoize(m, "wrong", func(ctx context.Context, s string) (int, error) { return 0, nil }, KeyBy(func(int) string { return "" }))
+	}, "KeyBy of another argument type")
+	assertPanicsWith(t, ErrInvalidOption, func() {
+		Memoize(m, "nil", func(ctx context.Context, s string) (int, error) { return 0, nil }, KeyBy[string](nil))
+	}, "a nil KeyBy")
+	err = m.Set(ctx, "k", 1, KeyBy(func(string) string { return "" }))
+	assert.ErrorIs(t, err, ErrInvalidOption, "KeyBy on Set")
 }

@@ -19,6 +19,7 @@ type settings struct {
 	noFetchOnMiss bool
 	earlyBeta     float64 // EarlyRefresh
 	tagsFor       any     // a func(A) []string, for a Memo[A, R]
+	keyBy         any     // a func(A) string, for a Memo[A, R]
 	// rememberMissing is RememberMissing: a batch loader's left-out keys
 	// are remembered as not found.
 	rememberMissing bool
@@ -39,17 +40,18 @@ const (
 	optEarlyRefresh
 	optTagsFor
 	optRememberMissing
+	optKeyBy
 	numOptions = iota
 )
 
-var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing"}
+var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing", "KeyBy"}
 
 // The options each kind of call takes.
 const (
 	writeOptions  = optTTL | optNoExpiry | optJitter | optTags                    // Set, SetMany
 	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh // GetOrLoad, Refresh
 	hashOptions   = loadedOptions | optRememberMissing                            // NewHash
-	memoOptions   = loadedOptions | optTagsFor | optRememberMissing               // Memoize, MemoizeBatch
+	memoOptions   = loadedOptions | optTagsFor | optRememberMissing | optKeyBy    // Memoize, MemoizeBatch
 )
 
 // give records that an option of kind k was given.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -57,7 +58,7 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 		e0 = m.local.epoch.Load()
 	}
 	var v T
-	h, state, _ := m.readEntry(ctx, e.st, e.ref, e.tags, &v)
+	h, state, _ := m.readEntry(ctx, e.st, e.ref, e.tags, &v) // a value that does not decode is a miss: load
 	switch e.s.decide(m, e.st, h, state) {
 	case serve:
 		if m.local != nil {
@@ -90,18 +91,42 @@ func (m *Manager) readEntry(ctx context.Context, st *counters, ref entryRef, tag
 	if err != nil || b == nil {
 		return envelope.Header{}, stateMiss, err
 	}
-	h, state, _ := m.lookup(st, ref, b, &want, dst)
+	h, state, err := m.lookup(st, ref, b, &want, dst)
 	if state != stateOtherTags {
-		return h, state, nil
+		return h, state, err
 	}
 	wants, err := m.otherTags(ctx, st, [][]byte{h.Tags})
 	if err != nil {
 		return h, stateMiss, err
 	}
 	wants[0].gen = want.gen
-	h, state, _ = m.lookup(st, ref, b, &wants[0], dst)
-	return h, state, nil
+	return m.lookup(st, ref, b, &wants[0], dst)
 }
+
+// plainRead returns the error of a plain read (Get, Hash.Get) that ended
+// in state with err from readEntry, counting it: a value that did not
+// decode is a miss that says why.
+func plainRead(st *counters, state readState, err error) error {
+	var de *DecodeError
+	if errors.As(err, &de) {
+		st.add(EventMiss, 1)
+		return missError{de}
+	}
+	if err != nil {
+		return err
+	}
+	return countRead(st, state)
+}
+
+// missError is the miss of a plain read whose stored value did not decode
+// into its destination. It matches ErrMiss and the *DecodeError.
+type missError struct{ de *DecodeError }
+
+func (e missError) Error() string {
+	return "cache: miss: " + strings.TrimPrefix(e.de.Error(), "cache: ")
+}
+
+func (e missError) Unwrap() []error { return []error{ErrMiss, e.de} }
 
 // readRaw reads ref's stored bytes (nil when there are none) with the
 // generations of its container and of tags, in one round trip: one command

@@ -52,6 +52,24 @@ func Tags(tags ...string) Option {
 	}
 }
 
+// KeyBy gives a Memo[A, R] the key text of its arguments: f(a) for
+// argument a, in place of the canonical encoding Memoize describes. Two
+// arguments share an entry exactly when f gives them one text, so f must
+// give different texts to arguments whose results differ; use it for an
+// argument type the encoding refuses (one holding a func), or to key by
+// an ID alone. Long texts are hashed. Given to anything but a Memo[A, R],
+// or with f of another argument type, it is an invalid option.
+func KeyBy[A any](f func(A) string) Option {
+	return func(s *settings) {
+		s.give(optKeyBy)
+		if f == nil {
+			s.fail(fmt.Errorf("%w: nil KeyBy function", ErrInvalidOption))
+			return
+		}
+		s.keyBy = f
+	}
+}
+
 // TagsFor tags each entry of a Memo with the tags f gives for its argument,
 // known before its load starts. Given to anything but a Memo[A, R], it is
 // an invalid option.
