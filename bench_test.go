@@ -45,7 +45,7 @@ func benchSetup(b *testing.B) (*testredis.Server, *redis.Client, *Manager) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { closeWithin(b, m) })
 	return srv, rdb, m
 }
 
@@ -162,7 +162,7 @@ func BenchmarkInvalidate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { closeWithin(b, m) })
 	scriptsLoaded(b, m)
 	ctx := context.Background()
 	h := NewHash[int](m, "h")
@@ -202,7 +202,7 @@ func BenchmarkStaleRead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { closeWithin(b, m) })
 	ctx := context.Background()
 	payload := benchPayload()
 	var loads atomic.Int64
@@ -247,7 +247,7 @@ func BenchmarkStaleRead(b *testing.B) {
 		before := loads.Load()
 		measure(b)
 		close(done)
-		wg.Wait()
+		testredis.Wait(b, &wg, "the clock mover to stop")
 		b.ReportMetric(float64(loads.Load()-before), "refreshes")
 	})
 }
@@ -262,12 +262,12 @@ func BenchmarkLocalHit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { closeWithin(b, m) })
 	remote, err := New(srv.Client(b), &Options{Prefix: "bench", Timeout: defaultTimeout})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = remote.Close() })
+	b.Cleanup(func() { closeWithin(b, remote) })
 	ctx := context.Background()
 	payload := benchPayload()
 	type query struct {
@@ -334,7 +334,7 @@ func BenchmarkBreakerOpen(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { closeWithin(b, m) })
 	ctx := context.Background()
 	payload := benchPayload()
 	load := func(ctx context.Context, user string) ([]benchRow, error) {
@@ -343,7 +343,10 @@ func BenchmarkBreakerOpen(b *testing.B) {
 	}
 	feed := Memoize(m, "feed", load)
 	srv.Kill()
-	for m.BreakerState() != "open" {
+	for deadline := time.Now().Add(testredis.Timeout); m.BreakerState() != "open"; {
+		if time.Now().After(deadline) {
+			b.Fatalf("the breaker did not open within %v of Redis being killed", testredis.Timeout)
+		}
 		_, _ = feed.Get(ctx, "ana")
 	}
 	b.Run("loader-alone", func(b *testing.B) {

@@ -138,6 +138,7 @@ type Options struct {
 // Close it on shutdown.
 type Manager struct {
 	rdb      redis.UniversalClient
+	oneNode  bool                 // rdb is a single node's client, so one command may take keys of several slots
 	cluster  *redis.ClusterClient // rdb, when it is a cluster's client
 	breakers *breakers            // nil when turned off
 	opts     Options
@@ -166,6 +167,7 @@ type Manager struct {
 	kv      *counters // stats of plain keys
 	locks   *counters // stats of every lock
 	inv     invStats
+	pending pendingInvalidations
 	events  events
 	refresh refresher
 	local   *localTier // nil without Options.Local
@@ -181,6 +183,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
+	}
+	if err := checkClient(rdb); err != nil {
+		return nil, err
 	}
 	if o.Prefix == "" {
 		o.Prefix = "stockpot"
@@ -249,12 +254,14 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	_, oneNode := rdb.(*redis.Client)
 	m := &Manager{
-		rdb:    rdb,
-		opts:   o,
-		prefix: o.Prefix + ":",
-		log:    log,
-		now:    o.Now,
+		rdb:     rdb,
+		oneNode: oneNode,
+		opts:    o,
+		prefix:  o.Prefix + ":",
+		log:     log,
+		now:     o.Now,
 	}
 	if o.Local != nil {
 		lo := *o.Local
@@ -280,17 +287,32 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
 	m.workers = make(chan *exchange)
-	m.flights.m = make(map[string]*flight)
+	m.flights.m = make(map[flightKey]*flight)
 	m.stats.obs = o.Observer
 	m.refresh.queue = make(chan func(context.Context), o.RefreshQueue)
 	m.refresh.pending = make(map[string]struct{})
 	m.kv = m.stats.get("keys")
+	m.pending.stored(o.DefaultTTL) // the entries of others live that long at least
 	m.locks = m.stats.get("locks")
 	if m.local != nil {
 		m.goBackground(m.subscribe)
 	}
 	m.loadScriptsLater()
 	return m, nil
+}
+
+// checkClient refuses a client set up in a way that would break the
+// Manager's guarantees: with go-redis's client-side caching on, the client
+// answers reads from a copy of its own, which another Manager's
+// invalidation, or this one's write, does not reach in time.
+func checkClient(rdb redis.UniversalClient) error {
+	if c, ok := rdb.(*redis.Client); ok {
+		if o := c.Options(); o.ClientSideCacheConfig != nil || o.ClientSideCache != nil {
+			return fmt.Errorf("%w: the client has client-side caching on (ClientSideCacheConfig or ClientSideCache): "+
+				"it would serve values the cache has invalidated; give the Manager a client without it (Options.Local is the cache's own in-process tier)", ErrInvalidOption)
+		}
+	}
+	return nil
 }
 
 // Client returns the Redis client the Manager was built on, for the commands

@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,3 +153,103 @@ func (m *Manager) forEachClusterMaster(ctx context.Context, c *redis.ClusterClie
 		return callerGone(ctx)
 	}
 }
+
+// scriptGroups splits the entries idx of es into the groups one script call
+// may take together (see slotGroups).
+func (m *Manager) scriptGroups(es []entry, idx []int) [][]int {
+	groups := m.slotGroups(len(idx), func(j int) string { return es[idx[j]].ref.key })
+	for _, g := range groups {
+		for k, j := range g {
+			g[k] = idx[j]
+		}
+	}
+	return groups
+}
+
+// keyGroups splits keys into the groups one command may take together
+// (see slotGroups).
+func (m *Manager) keyGroups(keys []string) [][]string {
+	if m.oneNode && len(keys) > 0 {
+		return [][]string{keys}
+	}
+	groups := m.slotGroups(len(keys), func(i int) string { return keys[i] })
+	out := make([][]string, len(groups))
+	for g, idx := range groups {
+		out[g] = make([]string, len(idx))
+		for k, i := range idx {
+			out[g][k] = keys[i]
+		}
+	}
+	return out
+}
+
+// slotGroups splits the indexes of n keys (key(i) the i-th) into the groups
+// one command or script call may take together: all of them on a single
+// node (where a command may take any keys), those of one hash slot on a
+// cluster, those of one hash tag on a ring (whose shards are chosen by
+// tag). Groups keep the keys' order.
+func (m *Manager) slotGroups(n int, key func(i int) string) [][]int {
+	if n == 0 {
+		return nil
+	}
+	if m.oneNode || n == 1 {
+		all := make([]int, n)
+		for i := range all {
+			all[i] = i
+		}
+		return [][]int{all}
+	}
+	_, cluster := m.rdb.(*redis.ClusterClient)
+	at := make(map[string]int)
+	var groups [][]int
+	for i := range n {
+		g := hashTag(key(i))
+		if cluster {
+			g = strconv.Itoa(slotOf(g))
+		}
+		j, ok := at[g]
+		if !ok {
+			j = len(groups)
+			at[g] = j
+			groups = append(groups, nil)
+		}
+		groups[j] = append(groups[j], i)
+	}
+	return groups
+}
+
+// hashTag returns the part of key that Redis Cluster hashes: between the
+// first '{' and the next '}' when that is not empty, else the whole key.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
+
+// slotOf returns the cluster hash slot of a hash tag: CRC16 (XMODEM) mod
+// 16384.
+func slotOf(tag string) int {
+	var crc uint16
+	for i := 0; i < len(tag); i++ {
+		crc = crc<<8 ^ crc16Table[byte(crc>>8)^tag[i]]
+	}
+	return int(crc) & 16383
+}
+
+var crc16Table = func() (t [256]uint16) {
+	for i := range t {
+		c := uint16(i) << 8
+		for range 8 {
+			if c&0x8000 != 0 {
+				c = c<<1 ^ 0x1021
+			} else {
+				c <<= 1
+			}
+		}
+		t[i] = c
+	}
+	return t
+}()

@@ -138,7 +138,12 @@ func TestClusterSlotMoveUnderLoad(t *testing.T) {
 	}
 
 	stop := make(chan struct{})
+	var stopOnce sync.Once
 	var wg sync.WaitGroup
+	stopWorkers := func() {
+		stopOnce.Do(func() { close(stop) })
+		testredis.Wait(t, &wg, "the workers to stop")
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -246,21 +251,11 @@ func TestClusterSlotMoveUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
-		}
-		wg.Wait()
-	}()
+	t.Cleanup(stopWorkers) // when the test ends early; before the Managers close
 	waitOps := func(n int64) {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for ops.Load() < n {
-			require.True(t, time.Now().Before(deadline), "the workers did %d operations, want %d", ops.Load(), n)
-			time.Sleep(time.Millisecond)
-		}
+		require.Eventually(t, func() bool { return ops.Load() >= n }, testredis.Timeout, time.Millisecond,
+			"the workers to do %d operations", n)
 	}
 	waitOps(2000) // every key and memo entry loaded, some invalidated
 
@@ -315,8 +310,7 @@ func TestClusterSlotMoveUnderLoad(t *testing.T) {
 	moving := time.Since(start)
 	during := ops.Load() - before
 	waitOps(ops.Load() + 2000) // and some more on the final layout
-	close(stop)
-	wg.Wait()
+	stopWorkers()
 
 	var st Counters
 	for _, m := range fleet {

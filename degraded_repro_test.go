@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stockpot-go/cache/internal/testredis"
@@ -42,20 +43,19 @@ func TestDegradedLoadNotServedAfterInvalidate(t *testing.T) {
 	rdbA.AddHook(faults)
 	a, err := New(rdbA, &Options{Prefix: "test"})
 	require.NoError(t, err)
-	defer a.Close()
+	t.Cleanup(func() { closeWithin(t, a) })
 	other := newEnv(t, b).manager(nil) // another process
 
 	var ver atomic.Int64
 	ver.Store(1)
-	started, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	g := newGate()
 	load := func(ctx context.Context) (int64, error) {
 		v := ver.Load()
-		select {
-		case started <- struct{}{}:
-			if err := await(ctx, release); err != nil {
+		if calls.Add(1) == 1 { // the first load waits; the ones after it do not
+			if err := g.pass(ctx); err != nil {
 				return 0, err
 			}
-		default:
 		}
 		return v, nil
 	}
@@ -65,7 +65,7 @@ func TestDegradedLoadNotServedAfterInvalidate(t *testing.T) {
 		v, _ := GetOrLoad(ctx, a, "k", load)
 		first <- v
 	}()
-	<-started // the degraded load of version 1 runs
+	g.reached(t, "the degraded load of version 1 to start")
 
 	ver.Store(2)
 	require.NoError(t, other.Invalidate(ctx, Key("k")))
@@ -75,8 +75,9 @@ func TestDegradedLoadNotServedAfterInvalidate(t *testing.T) {
 		v, _ := GetOrLoad(ctx, a, "k", load)
 		second <- v
 	}()
-	require.Eventually(t, func() bool { return a.Stats().Total.SharedWaits == 1 }, 5*time.Second, time.Millisecond)
-	close(release)
-	require.Equal(t, int64(1), <-first, "the caller that started the load overlaps the invalidation")
-	require.Equal(t, int64(2), <-second, "a caller that began after the invalidation returned")
+	require.Eventually(t, func() bool { return a.Stats().Total.SharedWaits == 1 }, testredis.Timeout, time.Millisecond,
+		"the second caller to join the load in flight")
+	g.open()
+	assert.Equal(t, int64(1), testredis.Recv(t, first, "the first caller's value"), "the caller that started the load overlaps the invalidation")
+	assert.Equal(t, int64(2), testredis.Recv(t, second, "the second caller's value"), "a caller that began after the invalidation returned")
 }

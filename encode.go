@@ -2,6 +2,7 @@ package cache
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 	"unsafe"
@@ -14,34 +15,51 @@ import (
 // encode returns v's stored form: the envelope with header h around v's
 // encoding, compressed above Options.CompressAbove.
 func (m *Manager) encode(v any, h envelope.Header) ([]byte, error) {
+	payload, flags, err := m.marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	h.Flags |= flags
+	return m.seal(v, h, payload)
+}
+
+// marshal returns v's encoding, compressed above Options.CompressAbove, and
+// the flags that say so.
+func (m *Manager) marshal(v any) ([]byte, envelope.Flags, error) {
 	payload, err := m.opts.Codec.Marshal(v)
 	if err != nil {
-		return nil, fmt.Errorf("cache: encode %T: %w", v, err)
+		return nil, 0, wrap(err, "encode %T", v)
+	}
+	if len(payload) > m.maxDecoded() {
+		// Compressed below MaxValueSize or not, it would not be read back.
+		return nil, 0, fmt.Errorf("%w: %T encodes to %d bytes, more than %d (%d times MaxValueSize, %d)",
+			ErrValueTooLarge, v, len(payload), m.maxDecoded(), maxExpansion, m.opts.MaxValueSize)
 	}
 	if m.opts.CompressAbove >= 0 && len(payload) > m.opts.CompressAbove {
 		if c := s2.Encode(nil, payload); len(c) < len(payload) {
-			payload = c
-			h.Flags |= envelope.Compressed
+			return c, envelope.Compressed, nil
 		}
 	}
-	if n := envelope.MaxHeaderLen + len(payload); n > m.opts.MaxValueSize {
-		// The header's true length is a few bytes less; measure it exactly
-		// only when the bound says the value may be too large.
-		if n = len(envelope.Append(nil, h, nil)) + len(payload); n > m.opts.MaxValueSize {
-			return nil, fmt.Errorf("%w: %T is %d bytes stored, MaxValueSize is %d", ErrValueTooLarge, v, n, m.opts.MaxValueSize)
-		}
-	}
-	return envelope.Append(make([]byte, 0, envelope.MaxHeaderLen+len(payload)), h, payload), nil
+	return payload, 0, nil
 }
 
-// negative returns the stored form of a remembered ErrNotFound.
-func (m *Manager) negative(now time.Time, ttl time.Duration, gen uint64) []byte {
-	return envelope.Append(nil, envelope.Header{
-		Flags:      envelope.Negative,
-		WrittenAt:  now.UnixMilli(),
-		FreshUntil: freshUntil(now, ttl),
-		Gen:        gen,
-	}, nil)
+// seal returns the envelope of v's payload with header h, or
+// ErrValueTooLarge.
+func (m *Manager) seal(v any, h envelope.Header, payload []byte) ([]byte, error) {
+	hl := envelope.HeaderLen(h)
+	if n := hl + len(payload); n > m.opts.MaxValueSize {
+		return nil, fmt.Errorf("%w: %T is %d bytes stored, MaxValueSize is %d", ErrValueTooLarge, v, n, m.opts.MaxValueSize)
+	}
+	return envelope.Append(make([]byte, 0, hl+len(payload)), h, payload), nil
+}
+
+// negative returns the stored form of a remembered ErrNotFound, with header
+// h (its times set here).
+func (m *Manager) negative(now time.Time, ttl time.Duration, h envelope.Header) []byte {
+	h.Flags = envelope.Negative
+	h.WrittenAt = now.UnixMilli()
+	h.FreshUntil = freshUntil(now, ttl)
+	return envelope.Append(nil, h, nil)
 }
 
 // freshUntil is the fresh-until of an entry written at now to live ttl (0
@@ -53,21 +71,37 @@ func freshUntil(now time.Time, ttl time.Duration) int64 {
 	return now.Add(ttl).UnixMilli()
 }
 
-// maxDecoded bounds the size a compressed payload may claim, so corrupt
-// bytes cannot make a decode allocate without limit.
+// maxExpansion is how many times MaxValueSize a value's encoding may be
+// before compression. A few bytes of S2 can claim any length and expand to
+// it, so this bounds what a hostile compressed value can make a read
+// decompress, and then decode.
+const maxExpansion = 8
+
+// maxDecoded is the largest encoding the Manager writes, and the most a
+// compressed payload may decompress to when read, so that corrupt or
+// hostile bytes cannot make a read allocate without limit.
 func (m *Manager) maxDecoded() int {
-	return 64 * m.opts.MaxValueSize
+	if m.opts.MaxValueSize > math.MaxInt/maxExpansion {
+		return math.MaxInt
+	}
+	return maxExpansion * m.opts.MaxValueSize
 }
 
-// decodePayload decodes an envelope's payload into dst.
+// decodePayload decodes an envelope's payload into dst. What it decodes is
+// no larger than what the Manager writes: MaxValueSize, or maxDecoded once
+// decompressed; larger bytes were not written by a Manager with these
+// options, and would make the decode allocate in proportion.
 func (m *Manager) decodePayload(h envelope.Header, payload []byte, dst any) error {
+	if len(payload) > m.opts.MaxValueSize {
+		return fmt.Errorf("stored value is %d bytes, more than MaxValueSize (%d)", len(payload), m.opts.MaxValueSize)
+	}
 	if h.Flags&envelope.Compressed != 0 {
 		n, err := s2.DecodedLen(payload)
 		if err != nil {
 			return err
 		}
 		if n > m.maxDecoded() {
-			return fmt.Errorf("compressed value claims %d bytes", n)
+			return fmt.Errorf("compressed value claims %d bytes, more than %d", n, m.maxDecoded())
 		}
 		if payload, err = s2.Decode(nil, payload); err != nil {
 			return err
@@ -80,19 +114,44 @@ func (m *Manager) decodePayload(h envelope.Header, payload []byte, dst any) erro
 type readState uint8
 
 const (
-	stateMiss     readState = iota // nothing usable
-	stateHit                       // a fresh value
-	stateStale                     // a value past its fresh-until, still in Redis
-	stateNegative                  // a remembered ErrNotFound, still fresh
+	stateMiss      readState = iota // nothing usable
+	stateHit                        // a fresh value
+	stateStale                      // a value past its fresh-until, still in Redis
+	stateNegative                   // a remembered ErrNotFound, still fresh
+	stateOtherTags                  // an entry whose tags' generations were not read with it
 )
 
-// lookup decodes stored bytes b of ref into dst. When wantGen is not "" the
-// entry counts only if it was written under that generation. Bytes that do
-// not decode are counted and reported as a miss, with the reason.
-func (m *Manager) lookup(st *counters, ref entryRef, b []byte, wantGen string, dst any) (envelope.Header, readState, error) {
+// expect is what an entry must have been stored under to be served: the
+// generations its container and its tags have now.
+type expect struct {
+	gen  string   // the container's generation; "" for an entry without one
+	tags []string // the tags whose generations were read
+	gens []string // their generations ("" where one has none)
+}
+
+// lookup decodes stored bytes b of ref into dst, if they were stored under
+// want (nil: a string entry without tags, or any tags for stateOtherTags
+// to report). Bytes that do not decode are counted and reported as a miss,
+// with the reason.
+func (m *Manager) lookup(st *counters, ref entryRef, b []byte, want *expect, dst any) (envelope.Header, readState, error) {
 	h, payload, err := envelope.Decode(b)
-	if err == nil && wantGen != "" && !sameGen(h.Gen, wantGen) {
-		return h, stateMiss, nil
+	if m.pending.n.Load() > 0 && m.pending.covers(ref, h.Tags) {
+		return h, stateMiss, nil // an invalidation of it failed, and waits to be retried
+	}
+	if err == nil {
+		var tags, gens []string
+		if want != nil {
+			if want.gen != "" && !sameGen(h.Gen, want.gen) {
+				return h, stateMiss, nil
+			}
+			tags, gens = want.tags, want.gens
+		}
+		switch checkTags(h.Tags, tags, gens) {
+		case tagsMoved:
+			return h, stateMiss, nil
+		case tagsOther:
+			return h, stateOtherTags, nil
+		}
 	}
 	now := m.now().UnixMilli()
 	fresh := h.FreshUntil == 0 || now < h.FreshUntil

@@ -3,6 +3,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Errors returned by the package. Check them with errors.Is.
@@ -37,7 +38,8 @@ var (
 )
 
 // PanicError is the error every caller waiting on a load gets when the
-// loader panics. Nothing is stored.
+// loader panics (nothing is stored), and the error of a warming job or an
+// event rule that panics.
 type PanicError struct {
 	Value any    // the value passed to panic
 	Stack []byte // the loader's stack at the panic
@@ -45,7 +47,7 @@ type PanicError struct {
 
 // Error says that the loader panicked, and with what.
 func (e *PanicError) Error() string {
-	return fmt.Sprintf("cache: loader panicked: %v", e.Value)
+	return fmt.Sprintf("cache: panic: %v", e.Value)
 }
 
 // Unwrap returns the panic value when it is an error.
@@ -73,3 +75,21 @@ func (e *DecodeError) Error() string {
 
 // Unwrap returns why the bytes did not decode.
 func (e *DecodeError) Unwrap() error { return e.Err }
+
+// wrap returns err with context: "cache: " and the context made of format
+// and args, then err's text without its own "cache: ", so that an error of
+// the package says "cache:" once however deep it was made.
+func wrap(err error, format string, args ...any) error {
+	return &wrapped{msg: fmt.Sprintf(format, args...), err: err}
+}
+
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (w *wrapped) Error() string {
+	return "cache: " + w.msg + ": " + strings.TrimPrefix(w.err.Error(), "cache: ")
+}
+
+func (w *wrapped) Unwrap() error { return w.err }

@@ -2,7 +2,8 @@ package cache
 
 import (
 	"context"
-	"fmt"
+	"errors"
+	"runtime/debug"
 	"sync"
 )
 
@@ -33,7 +34,9 @@ func (m *Manager) OnEvent(name string, rule Rule) {
 
 // Emit applies every rule of the event name to payload and invalidates all
 // their targets in one Invalidate. An event with no rules is a no-op,
-// counted in Stats.
+// counted in Stats. A rule that panics is an error naming the event and the
+// rule (by the order it was added in, from 1), a *PanicError; the targets
+// of the other rules are invalidated all the same.
 func (m *Manager) Emit(ctx context.Context, name string, payload any) error {
 	if err := m.check(ctx); err != nil {
 		return err
@@ -47,14 +50,29 @@ func (m *Manager) Emit(ctx context.Context, name string, payload any) error {
 	}
 	m.inv.events.Add(1)
 	var targets []Target
-	for _, r := range rules {
-		targets = append(targets, r(ctx, payload)...)
+	var errs []error
+	for i, r := range rules {
+		t, err := applyRule(ctx, r, payload)
+		if err != nil {
+			errs = append(errs, wrap(err, "event %q: rule %d", name, i+1))
+		}
+		targets = append(targets, t...)
 	}
-	if len(targets) == 0 {
-		return nil
+	if len(targets) > 0 {
+		if err := m.Invalidate(ctx, targets...); err != nil {
+			errs = append(errs, wrap(err, "event %q", name))
+		}
 	}
-	if err := m.Invalidate(ctx, targets...); err != nil {
-		return fmt.Errorf("cache: event %q: %w", name, err)
-	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// applyRule returns r's targets for payload, turning a panic into a
+// *PanicError.
+func applyRule(ctx context.Context, r Rule, payload any) (targets []Target, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			targets, err = nil, &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return r(ctx, payload), nil
 }

@@ -7,9 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
-
 	"github.com/stockpot-go/cache"
 )
 
@@ -74,7 +71,10 @@ func ExampleManager_WithLock_inventory() {
 	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
 	defer done()
 	rdb := m.Client()
-	ctx := context.Background()
+	// A deadline for the whole batch: a pizza that cannot get the lock by
+	// then gives up with an error.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	stock := m.Key("stock:flour_kg") // a key of the application's own
 	rdb.Set(ctx, stock, 25, 0)
 
@@ -141,12 +141,8 @@ func ExampleManager_TryLock() {
 // long pause would) still believes it holds the lock. Its late write is
 // refused by the store, because a newer holder wrote with a higher fence.
 func ExampleLock_Fence() {
-	mr, _ := miniredis.Run()
-	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	m, _ := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
-	defer m.Close()
+	m, mr, done := newExampleRedis(&cache.Options{Prefix: "pizzeria"})
+	defer done()
 	ctx := context.Background()
 	orders := newFencedOrders()
 

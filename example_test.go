@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stockpot-go/cache"
+	"github.com/stockpot-go/cache/internal/testredis"
 )
 
 // newExampleManager returns a Manager on an in-process miniredis; a real
@@ -21,6 +22,16 @@ func newExampleManager() (*cache.Manager, func()) {
 
 // newExampleManagerWith is newExampleManager with opts.
 func newExampleManagerWith(opts *cache.Options) (*cache.Manager, func()) {
+	m, _, done := newExampleRedis(opts)
+	return m, done
+}
+
+// newExampleRedis is newExampleManagerWith that also returns the miniredis,
+// for the examples that move its clock. The function it returns closes the
+// Manager, then the client and the miniredis; it panics when the Manager's
+// Close does not return within testredis.Timeout, so that an example fails
+// rather than hangs.
+func newExampleRedis(opts *cache.Options) (*cache.Manager, *miniredis.Miniredis, func()) {
 	mr, err := miniredis.Run()
 	if err != nil {
 		panic(err)
@@ -30,7 +41,29 @@ func newExampleManagerWith(opts *cache.Options) (*cache.Manager, func()) {
 	if err != nil {
 		panic(err)
 	}
-	return m, func() { m.Close(); rdb.Close(); mr.Close() }
+	// The local tier is used once its subscription is up.
+	for deadline := time.Now().Add(10 * time.Second); opts != nil && opts.Local != nil && !m.Stats().Local.Subscribed; {
+		if time.Now().After(deadline) {
+			panic("the local tier's subscription did not come up")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return m, mr, func() {
+		closed := make(chan error, 1)
+		go func() { closed <- m.Close() }()
+		timer := time.NewTimer(testredis.Timeout)
+		defer timer.Stop()
+		select {
+		case err := <-closed:
+			if err != nil {
+				panic(err)
+			}
+		case <-timer.C:
+			panic(fmt.Sprintf("the Manager did not close within %v", testredis.Timeout))
+		}
+		rdb.Close()
+		mr.Close()
+	}
 }
 
 type Summary struct {
@@ -280,14 +313,11 @@ func ExampleStaleFor() {
 	ctx := context.Background()
 
 	version := 1
-	refreshed := make(chan struct{}, 1)
 	tweets := cache.Memoize(m, "tweets", func(ctx context.Context, user string) (string, error) {
-		defer func() { refreshed <- struct{}{} }()
 		return fmt.Sprintf("%s's tweets, v%d", user, version), nil
 	}, cache.TTL(15*time.Minute), cache.Jitter(0), cache.StaleFor(24*time.Hour))
 
 	v, _ := tweets.Get(ctx, "ana")
-	<-refreshed
 	fmt.Println(v)
 
 	// 20 minutes later the entry is stale: the old value comes back at once
@@ -296,9 +326,11 @@ func ExampleStaleFor() {
 	version = 2
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)
-	<-refreshed
-	for m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 0 {
-		time.Sleep(time.Millisecond) // the refresh stores its value just after the loader returns
+
+	// Here the example waits (up to a few seconds) for the refresh to be
+	// stored; a service would just go on serving.
+	for i := 0; i < 5000 && m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 0; i++ {
+		time.Sleep(time.Millisecond)
 	}
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)

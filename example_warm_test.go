@@ -70,9 +70,10 @@ func ExampleManager_WarmEvery() {
 	stop := m.WarmEvery(24 * time.Hour)
 	defer stop()
 
-	// The start-up warm runs in the background: wait for its report.
+	// The start-up warm runs in the background: wait (up to a few seconds)
+	// for its report.
 	report, ok := m.LastWarm()
-	for !ok {
+	for i := 0; !ok && i < 5000; i++ {
 		time.Sleep(time.Millisecond)
 		report, ok = m.LastWarm()
 	}

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"strconv"
@@ -21,19 +22,26 @@ type Hash[T any] struct {
 	m    *Manager
 	name string
 	hashKeys
-	s   settings
-	st  *counters
-	err error // an invalid name or option, returned by every call
+	s  settings
+	st *counters
 }
 
 // NewHash returns the Hash called name. Options set its TTL (for the hash
-// and for each field). An empty name or an invalid option is returned as an
-// error by every call of the Hash.
+// and for each field), tags, and the stale-while-revalidate policy of its
+// GetOrLoad.
+//
+// NewHash panics, with an error matching ErrInvalidKey or
+// ErrInvalidOption, on an empty name or an option that is invalid or does
+// not apply to a Hash (TagsFor): a Hash is made once, at start-up, where a
+// mistake is best found at once, as regexp.MustCompile does.
 func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
-	h := &Hash[T]{m: m, name: name, s: m.settle(opts)}
-	h.err = h.s.err
+	h := &Hash[T]{m: m, name: name, s: m.settle("NewHash", hashOptions, opts)}
+	err := h.s.err
 	if name == "" {
-		h.err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
+		err = fmt.Errorf("%w: empty hash name", ErrInvalidKey)
+	}
+	if err != nil {
+		panic(wrap(err, "NewHash %q", name))
 	}
 	h.hashKeys = m.hashKeys(name)
 	h.st = m.stats.get("hash:" + name)
@@ -44,9 +52,6 @@ func NewHash[T any](m *Manager, name string, opts ...Option) *Hash[T] {
 func (h *Hash[T]) Name() string { return h.name }
 
 func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
-	if h.err != nil {
-		return h.err
-	}
 	if err := h.m.check(ctx); err != nil {
 		return err
 	}
@@ -59,17 +64,15 @@ func (h *Hash[T]) check(ctx context.Context, fields ...string) error {
 }
 
 // Get returns the value of field: ErrMiss when it is absent, expired or does
-// not decode, ErrNotFound when a loader's ErrNotFound is remembered.
+// not decode (then the error says why, and matches *DecodeError too),
+// ErrNotFound when a loader's ErrNotFound is remembered.
 func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	var v T
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
-	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), &v)
-	if err != nil {
-		return v, err
-	}
-	return v, countRead(h.st, state)
+	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), h.s.tags, &v)
+	return v, plainRead(h.st, state, err)
 }
 
 // Set stores v in field. A load of field in flight does not overwrite it.
@@ -86,31 +89,30 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 	ttl := h.s.expiry()
 	now := h.m.now()
 	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)}
-	args := make([]any, 0, 2*len(items))
-	leases := make([]string, 0, len(items))
-	refs := make([]entryRef, 0, len(items))
-	for f, v := range items {
-		if f == "" {
-			return fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
-		}
-		b, err := h.m.encode(v, hdr)
-		if err != nil {
-			return fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
-		}
-		args = append(args, f, b)
-		ref := h.ref(f).withLease()
-		leases = append(leases, ref.lease)
-		refs = append(refs, ref)
-	}
-	if len(items) == 0 {
-		return nil
-	}
-	ctx = h.m.withBudget(ctx)
-	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
+	args, refs, err := h.encodeFields(items, hdr)
+	if err != nil || len(items) == 0 {
 		return err
 	}
-	_, err := h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
-		p.Del(ctx, leases...) // voids loads in flight, so they cannot overwrite
+	ctx = h.m.withBudget(ctx)
+	if len(h.s.tags) > 0 {
+		section, err := h.m.tagSectionNow(ctx, h.st, &h.s)
+		if err != nil {
+			return err
+		}
+		if err := h.retag(items, args, section); err != nil {
+			return err
+		}
+	}
+	leases := make([]string, len(refs))
+	for i, r := range refs {
+		leases[i] = r.lease
+	}
+	h.m.pending.stored(h.s.keep(ttl))
+	_, err = h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
+		// Void the loads in flight, single fields' and warms', so that
+		// they cannot overwrite.
+		p.Del(ctx, leases...)
+		p.Del(ctx, h.ver)
 		p.HSet(ctx, h.key, args...)
 		h.expire(ctx, p, h.s.keep(ttl))
 	})
@@ -124,6 +126,39 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 			keys[i] = localKey(r)
 		}
 		h.m.dropEverywhere(ctx, false, keys)
+	}
+	return nil
+}
+
+// encodeFields returns the HSET arguments of items, each with header hdr,
+// and the refs (with leases) of their fields.
+func (h *Hash[T]) encodeFields(items map[string]T, hdr envelope.Header) ([]any, []entryRef, error) {
+	args := make([]any, 0, 2*len(items))
+	refs := make([]entryRef, 0, len(items))
+	for f, v := range items {
+		if f == "" {
+			return nil, nil, fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
+		}
+		b, err := h.m.encode(v, hdr)
+		if err != nil {
+			return nil, nil, wrap(err, "hash %q field %q", h.name, f)
+		}
+		args = append(args, f, b)
+		refs = append(refs, h.ref(f).withLease())
+	}
+	return args, refs, nil
+}
+
+// retag puts the tags section in every value of args, HSET arguments
+// made by encodeFields for items.
+func (h *Hash[T]) retag(items map[string]T, args []any, section []byte) error {
+	for i := 0; i < len(args); i += 2 {
+		f := args[i].(string)
+		b, err := h.m.retag(items[f], args[i+1].([]byte), section)
+		if err != nil {
+			return wrap(err, "hash %q field %q", h.name, f)
+		}
+		args[i+1] = b
 	}
 	return nil
 }
@@ -169,21 +204,48 @@ func (h *Hash[T]) All(ctx context.Context) (map[string]T, error) {
 	if err := h.check(ctx); err != nil {
 		return nil, err
 	}
-	cmd := redis.NewMapStringStringCmd(ctx, "hgetall", h.key)
-	if err := h.m.do(ctx, h.st, cmd); err != nil {
+	var all *redis.MapStringStringCmd
+	gens := make([]*redis.StringCmd, len(h.s.tags))
+	_, err := h.m.pipe(ctx, h.st, func(p redis.Pipeliner) {
+		all = p.HGetAll(ctx, h.key)
+		for i, t := range h.s.tags {
+			gens[i] = p.Get(ctx, h.m.tagKey(t))
+		}
+	})
+	if err != nil {
 		return nil, err
 	}
-	raw := cmd.Val()
+	want := expect{tags: h.s.tags, gens: make([]string, len(gens))}
+	for i, c := range gens {
+		want.gens[i] = c.Val()
+	}
+	raw := all.Val()
 	out := make(map[string]T, len(raw))
 	var bad FieldErrors
+	var other []string    // fields stored with other tags, looked up again below
+	var sections [][]byte // their tags
 	for f, s := range raw {
 		var v T
-		_, state, err := h.m.lookup(h.st, entryRef{kind: refField, key: h.key, field: f}, bytesOf(s), "", &v)
+		hdr, state, err := h.m.lookup(h.st, h.ref(f), bytesOf(s), &want, &v)
 		switch {
 		case err != nil:
 			bad = append(bad, err.(*DecodeError))
+		case state == stateOtherTags:
+			other, sections = append(other, f), append(sections, hdr.Tags)
 		case state == stateHit:
 			out[f] = v
+		}
+	}
+	if len(other) > 0 {
+		wants, err := h.m.otherTags(ctx, h.st, sections)
+		if err != nil {
+			return nil, err
+		}
+		for i, f := range other {
+			var v T
+			if _, state, _ := h.m.lookup(h.st, h.ref(f), bytesOf(raw[f]), &wants[i], &v); state == stateHit {
+				out[f] = v
+			}
 		}
 	}
 	h.st.add(EventHit, uint64(len(out)))
@@ -235,9 +297,8 @@ func (h *Hash[T]) GetOrLoad(ctx context.Context, field string, load func(ctx con
 
 // Refresh loads field anew with load and stores it over the old value,
 // which readers keep getting until then: there is no moment at which they
-// miss. Concurrent refreshes of one field share one load, and an
-// invalidation of the field while it runs voids the store, as for
-// GetOrLoad.
+// miss. Its loads are shared, voided and reported as Refresh's (the
+// package function) are.
 func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx context.Context, field string) (T, error)) (T, error) {
 	e, err := h.entry(ctx, field, load != nil)
 	if err != nil {
@@ -261,40 +322,32 @@ func (h *Hash[T]) entry(ctx context.Context, field string, hasLoader bool) (entr
 	if !hasLoader {
 		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
 	}
-	return entry{ref: h.ref(field), s: h.s, st: h.st, tags: h.s.tags}, nil
+	return entry{ref: h.ref(field), s: &h.s, st: h.st, tags: h.s.tags}, nil
 }
 
-// storeLoaded writes items, loaded after the hash's generation was gen and
-// its field version ver, unless an invalidation of the hash or of any of
-// its fields came since; it reports whether it wrote.
-func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver string) (bool, error) {
+// storeLoaded writes items, loaded after the hash's generation was gen,
+// its field version ver and its tags' generations gens, unless an
+// invalidation of the hash or of any of its fields came since; it reports
+// whether it wrote. (An invalidation of a tag does not stop the write: the
+// fields it writes then carry a generation their tag no longer has, and
+// are misses.)
+func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, v hashVersions) (bool, error) {
 	ttl := h.s.expiry()
 	now := h.m.now()
-	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl), Gen: parseGen(gen)}
-	keys := make([]string, 3, 3+len(items))
+	hdr := envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl), Gen: parseGen(v.gen), Tags: tagSection(h.s.tags, v.tags)}
+	fields, refs, err := h.encodeFields(items, hdr)
+	if err != nil || len(items) == 0 {
+		return err == nil, err
+	}
+	keys := make([]string, 3, 3+len(refs))
 	keys[0], keys[1], keys[2] = h.key, h.gen, h.ver
-	args := make([]any, 3, 3+2*len(items))
-	args[0], args[1], args[2] = gen, ver, h.s.keep(ttl).Milliseconds()
-	refs := make([]entryRef, 0, len(items))
-	for f, v := range items {
-		if f == "" {
-			return false, fmt.Errorf("%w: empty field of hash %q", ErrInvalidKey, h.name)
-		}
-		b, err := h.m.encode(v, hdr)
-		if err != nil {
-			return false, fmt.Errorf("cache: hash %q field %q: %w", h.name, f, err)
-		}
-		ref := h.ref(f).withLease()
-		refs = append(refs, ref)
-		keys = append(keys, ref.lease)
-		args = append(args, f, b)
+	for _, r := range refs {
+		keys = append(keys, r.lease)
 	}
-	if len(items) == 0 {
-		return true, nil
-	}
-	if err := h.m.tagEntry(ctx, h.st, h.s.tags, h.s.tagTTL(), refs...); err != nil {
-		return false, err
-	}
+	args := make([]any, 3, 3+len(fields))
+	args[0], args[1], args[2] = v.gen, v.ver, h.s.keep(ttl).Milliseconds()
+	args = append(args, fields...)
+	h.m.pending.stored(h.s.keep(ttl))
 	n, err := h.m.eval(ctx, h.st, scripts.StoreFields, keys, args...).Int()
 	if err != nil {
 		return false, err
@@ -314,21 +367,28 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, gen, ver 
 	return true, nil
 }
 
-// versions returns the hash's generation and field version ("0" when unset).
-func (h *Hash[T]) versions(ctx context.Context) (gen, ver string, err error) {
-	cmd := redis.NewSliceCmd(ctx, "mget", h.gen, h.ver) // one slot
-	if err := h.m.do(ctx, h.st, cmd); err != nil {
-		return "", "", err
+// hashVersions are what a warm of a hash loads under: its generation, its
+// field version and its tags' generations.
+type hashVersions struct {
+	gen, ver string
+	tags     []string
+}
+
+// versions returns the hash's versions, making those that are missing,
+// before a warm loads it.
+func (h *Hash[T]) versions(ctx context.Context) (hashVersions, error) {
+	var v hashVersions
+	cmd := h.m.eval(ctx, h.st, scripts.Gens, []string{h.gen, h.ver}, newGen(), newGen()) // one slot
+	vals, err := cmd.StringSlice()
+	if err != nil {
+		return v, err
 	}
-	vals := cmd.Val()
-	gen, ver = "0", "0"
-	if s, ok := vals[0].(string); ok {
-		gen = s
+	if len(vals) != 2 {
+		return v, errors.New("cache: unexpected reply from the gens script")
 	}
-	if s, ok := vals[1].(string); ok {
-		ver = s
-	}
-	return gen, ver, nil
+	v.gen, v.ver = vals[0], vals[1]
+	v.tags, err = h.m.tagGens(ctx, h.st, h.s.tags, h.m.tagKeep(&entry{s: &h.s}))
+	return v, err
 }
 
 // newGen returns a new generation for a container: a random number, so a

@@ -24,6 +24,7 @@ func TestHash(t *testing.T) {
 		metrics := NewHash[outletMetrics](m, "outlet_metrics", TTL(time.Hour), Jitter(0))
 		assert.Equal(t, "outlet_metrics", metrics.Name())
 
+		wrote := time.Now()
 		require.NoError(t, metrics.Set(ctx, "outlet-1", outletMetrics{Orders: 10, Revenue: 99.5}))
 		require.NoError(t, metrics.SetMany(ctx, map[string]outletMetrics{
 			"outlet-2": {Orders: 0}, // a zero value is a hit
@@ -46,7 +47,7 @@ func TestHash(t *testing.T) {
 		assert.Equal(t, int64(1), n, "one Redis hash holds every field")
 		d, err := metrics.TTL(ctx)
 		require.NoError(t, err)
-		assert.InDelta(t, float64(time.Hour), float64(d), float64(time.Second))
+		assertTTL(t, time.Hour, d, wrote, "the hash's TTL")
 
 		require.NoError(t, metrics.Delete(ctx, "outlet-1"))
 		_, err = metrics.Get(ctx, "outlet-1")
@@ -93,15 +94,12 @@ func TestHashBadInput(t *testing.T) {
 		ctx := t.Context()
 		rdb := m.Client()
 
-		noName := NewHash[int](m, "")
-		_, err := noName.Get(ctx, "f")
-		assert.ErrorIs(t, err, ErrInvalidKey)
-		assert.ErrorIs(t, noName.Set(ctx, "f", 1), ErrInvalidKey)
-		badTTL := NewHash[int](m, "h", TTL(-1))
-		assert.ErrorIs(t, badTTL.Set(ctx, "f", 1), ErrInvalidOption)
+		assertPanicsWith(t, ErrInvalidKey, func() { NewHash[int](m, "") }, "NewHash with no name")
+		assertPanicsWith(t, ErrInvalidOption, func() { NewHash[int](m, "h", TTL(-1)) }, "NewHash with a negative TTL")
+		assertPanicsWith(t, ErrInvalidOption, func() { NewHash[int](m, "h", TagsFor(func(string) []string { return nil })) }, "NewHash with TagsFor")
 
 		h := NewHash[string](m, "h")
-		_, err = h.Get(ctx, "")
+		_, err := h.Get(ctx, "")
 		assert.ErrorIs(t, err, ErrInvalidKey)
 		assert.ErrorIs(t, h.Set(ctx, "", "x"), ErrInvalidKey)
 		assert.ErrorIs(t, h.SetMany(ctx, map[string]string{"ok": "x", "": "y"}), ErrInvalidKey)

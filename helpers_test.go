@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"runtime"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stockpot-go/cache/internal/testredis"
@@ -64,8 +67,12 @@ func (e *env) manager(opts *Options) *Manager {
 	}
 	m, err := New(e.b.Client(e.t), &o)
 	require.NoError(e.t, err)
-	e.t.Cleanup(func() { _ = m.Close() })
+	e.t.Cleanup(func() { closeWithin(e.t, m) })
 	scriptsLoaded(e.t, m)
+	if o.Local != nil {
+		require.Eventually(e.t, func() bool { return m.Stats().Local.Subscribed }, testredis.Timeout, time.Millisecond,
+			"the local tier's subscription did not come up")
+	}
 	return m
 }
 
@@ -73,8 +80,17 @@ func (e *env) manager(opts *Options) *Manager {
 // the background, so that a test that counts commands counts only its own.
 func scriptsLoaded(t testing.TB, m *Manager) {
 	t.Helper()
-	require.Eventually(t, func() bool { return !m.scriptsLoading.Load() }, 10*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return !m.scriptsLoading.Load() }, testredis.Timeout, time.Millisecond,
 		"the Manager did not finish loading its scripts")
+}
+
+// closeWithin closes m, failing t when Close does not return within
+// testredis.Timeout (it waits for the Manager's background work, loads in
+// flight included) or returns an error. Tests close every Manager with it,
+// in t.Cleanup or at the point the test closes it.
+func closeWithin(t testing.TB, m *Manager) {
+	t.Helper()
+	testredis.CloseWithin(t, "the Manager", m)
 }
 
 // advance moves both Redis's TTLs and the Managers' clock by d.
@@ -102,23 +118,81 @@ func await(ctx context.Context, ch <-chan struct{}) error {
 	}
 }
 
-// lastOwn is the stack of the last goroutine ownGoroutines counted, for
-// failure messages.
-var lastOwn string
+// gate holds test loaders until the test opens it. A loader passes it with
+// pass, which waits with the loader's context too (see await); the test
+// waits for the first loader to arrive with reached, and lets them all go on
+// with open. Nothing about the arrival is lost: a loader that arrives before
+// the test waits for it is seen all the same.
+type gate struct {
+	first    chan struct{} // closed when the first loader reaches the gate
+	opened   chan struct{} // closed by open
+	firstDo  sync.Once
+	openOnce sync.Once
+}
+
+func newGate() *gate {
+	return &gate{first: make(chan struct{}), opened: make(chan struct{})}
+}
+
+// pass is called by a loader: it records the loader's arrival, then waits
+// until the gate is open (nil) or ctx ends (ctx's error).
+func (g *gate) pass(ctx context.Context) error {
+	g.firstDo.Do(func() { close(g.first) })
+	return await(ctx, g.opened)
+}
+
+// reached waits until a loader has reached the gate, failing t after
+// testredis.Timeout with what, the loader that did not come.
+func (g *gate) reached(t testing.TB, what string) {
+	t.Helper()
+	testredis.Recv(t, g.first, what)
+}
+
+// open lets the loaders waiting at the gate, and those to come, go on. It is
+// idempotent.
+func (g *gate) open() {
+	g.openOnce.Do(func() { close(g.opened) })
+}
+
+// goroutinesBack polls, on the calling goroutine, until at most before
+// goroutines run, failing t after testredis.Timeout. It polls itself rather
+// than with require.Eventually, whose condition runs on a goroutine of its
+// own that NumGoroutine would count.
+func goroutinesBack(t testing.TB, before int) {
+	t.Helper()
+	deadline := time.Now().Add(testredis.Timeout)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines still run %v after the test ended its work, want at most %d", runtime.NumGoroutine(), testredis.Timeout, before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
 
 // ownGoroutines counts the goroutines running the package's own code, not
-// its tests' nor the Redis client's.
-func ownGoroutines() int {
+// its tests' nor the Redis client's, and returns the stack of one of them
+// for failure messages.
+func ownGoroutines() (n int, one string) {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "stockpot-go/cache.") && !strings.Contains(g, "_test.go") {
 			n++
-			lastOwn = g
+			one = g
 		}
 	}
-	return n
+	return n, one
+}
+
+// assertTTL checks a TTL read from Redis: want, less at most the time
+// since the write that set it began at (a real server's clock runs between
+// the write and the read; miniredis's does not).
+func assertTTL(t testing.TB, want, got time.Duration, wrote time.Time, msgAndArgs ...any) {
+	t.Helper()
+	least := want - time.Since(wrote) - time.Millisecond // PTTL is in whole milliseconds
+	if got > want || got < least {
+		assert.Fail(t, fmt.Sprintf("TTL %v, want %v less the %v since the write (at least %v)", got, want, time.Since(wrote), least), msgAndArgs...)
+	}
 }
 
 // allKeys returns the keys matching pattern on rdb's backend, sorted: on a
@@ -144,4 +218,22 @@ func allKeys(t testing.TB, rdb redis.UniversalClient, pattern string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// assertPanicsWith asserts that f panics with an error matching target.
+func assertPanicsWith(t testing.TB, target error, f func(), what string) {
+	t.Helper()
+	var got any
+	func() {
+		defer func() { got = recover() }()
+		f()
+	}()
+	err, ok := got.(error)
+	if !ok {
+		t.Errorf("%s: panicked with %v, want an error matching %v", what, got, target)
+		return
+	}
+	if !errors.Is(err, target) {
+		t.Errorf("%s: panicked with %v, want an error matching %v", what, err, target)
+	}
 }

@@ -3,7 +3,6 @@ package cache
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -76,7 +75,7 @@ func (m *Manager) Inspect(ctx context.Context) (Report, error) {
 		return nil
 	})
 	if err != nil {
-		return Report{}, fmt.Errorf("cache: inspect: %w", err)
+		return Report{}, wrap(err, "inspect")
 	}
 	r.Stats = m.Stats()
 	return r, nil

@@ -30,7 +30,7 @@ func TestInspect(t *testing.T) {
 
 		r, err := m.Inspect(ctx)
 		require.NoError(t, err)
-		assert.Equal(t, int64(121), r.Keys, "120 keys and one memo entry, nothing of another prefix")
+		assert.Equal(t, int64(122), r.Keys, "120 keys, one memo entry and its memo's generation, nothing of another prefix")
 		assert.Len(t, r.SampleKeys, maxSampleKeys)
 		for _, k := range r.SampleKeys {
 			assert.True(t, strings.HasPrefix(k, "scoopjoy:"), k)

@@ -55,7 +55,7 @@ func Prefix(p string) Target { return Target{kind: targetPrefix, name: p} }
 
 // Field is the target of one field of the hash.
 func (h *Hash[T]) Field(field string) Target {
-	t := Target{kind: targetField, name: field, key: h.key, field: field, gen: h.gen, err: h.err}
+	t := Target{kind: targetField, name: field, key: h.key, field: field, gen: h.gen}
 	if field != "" {
 		t.lease = h.ref(field).withLease().lease
 	}
@@ -64,7 +64,7 @@ func (h *Hash[T]) Field(field string) Target {
 
 // AllFields is the target of every field of the hash.
 func (h *Hash[T]) AllFields() Target {
-	return Target{kind: targetHash, name: h.name, key: h.key, gen: h.gen, err: h.err}
+	return Target{kind: targetHash, name: h.name, key: h.key, gen: h.gen}
 }
 
 // Entry is the target of the memo's entry for args.
@@ -79,7 +79,7 @@ func (mm *Memo[A, R]) Entry(args A) Target {
 
 // All is the target of every entry of the memo (as ForgetAll).
 func (mm *Memo[A, R]) All() Target {
-	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen, err: mm.err}
+	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen}
 }
 
 // String names the target's kind and what it names, as in `tag "sales"`.
@@ -107,32 +107,58 @@ func (t Target) check() error {
 // Invalidate removes the entries the targets name, and voids the loads of
 // them in flight: once it returns, no value loaded before it is stored, and
 // no caller that starts after it gets one. One call may mix every kind of
-// target; its Redis work is pipelined, so it takes a few round trips per
-// node touched, however many targets there are (tags and prefixes take one
-// or two more to find their entries, and with Options.Local one more
-// publishes the drop to the other Managers' local tiers).
+// target; its Redis work is pipelined, so it takes one round trip per node
+// touched, however many targets there are (a prefix takes two scans more,
+// and with Options.Local one more command publishes the drop to the other
+// Managers' local tiers).
 //
 // If any target is invalid (an empty key or tag, the zero Target), nothing
-// is invalidated. If Redis fails, the error is returned and some targets
-// may not have been invalidated: invalidations are not queued, so retry the
-// call (it is idempotent), or rely on the entries' TTLs to end the
-// staleness.
+// is invalidated. If Redis fails, the error is returned, and the
+// invalidation is not lost: this Manager treats the entries the targets
+// name as misses, and retries the invalidation in the background until it
+// succeeds (see InvalidationStats.Pending). Other Managers may serve those
+// entries until it does, or until their TTL ends; a retry that cannot
+// succeed before the longest TTL this Manager stored (and
+// Options.DefaultTTL) has passed is given up, the entries having expired.
+// Pending invalidations end with Close.
 func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	if err := m.check(ctx); err != nil {
 		return err
 	}
 	for _, t := range targets {
 		if err := t.check(); err != nil {
-			return fmt.Errorf("cache: invalidate %v: %w", t, err)
+			return wrap(err, "invalidate %v", t)
 		}
 	}
-	var p invalidation
+	if err := m.invalidate(ctx, targets); err != nil {
+		m.pending.add(m, targets)
+		return wrap(err, "invalidate")
+	}
+	var kinds [targetKinds]uint64
+	for _, t := range targets {
+		kinds[t.kind]++
+	}
+	for k, n := range kinds {
+		if n > 0 {
+			m.inv.byKind[k].Add(n)
+			if m.opts.Observer != nil {
+				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
+			}
+		}
+	}
+	return nil
+}
+
+// invalidate does the Redis work of Invalidate for valid targets.
+func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
+	p := invalidation{strings: make([]stringEntry, 0, len(targets))}
 	for _, t := range targets {
 		switch t.kind {
 		case targetKey:
-			p.strings = append(p.strings, m.keyRef(t.name).withLease())
+			k := m.entryKey(t.name)
+			p.strings = append(p.strings, stringEntry{k, k + leaseSuffix})
 		case targetEntry:
-			p.strings = append(p.strings, entryRef{kind: refMemo, key: t.key, lease: t.lease})
+			p.strings = append(p.strings, stringEntry{t.key, t.lease})
 		case targetField:
 			p.fields = append(p.fields, entryRef{kind: refField, key: t.key, field: t.field, lease: t.lease})
 		case targetHash:
@@ -142,42 +168,16 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 			p.gens = append(p.gens, t.gen)
 			p.detachPrefixes = append(p.detachPrefixes, t.key)
 		case targetTag:
-			p.tags = append(p.tags, m.tagKey(t.name))
+			p.gens = append(p.gens, m.tagKey(t.name))
 		case targetPrefix:
 			p.prefixes = append(p.prefixes, t.name)
 			p.detachPrefixes = append(p.detachPrefixes, m.keyPrefix(t.name))
 		}
 	}
-	if err := m.resolveTags(ctx, &p); err != nil {
-		return err
-	}
 	if err := m.resolvePrefixes(ctx, &p); err != nil {
 		return err
 	}
-	_, err := m.pipe(ctx, m.kv, func(pipe redis.Pipeliner) {
-		// In each pair the lease goes first, so no store lands between the two.
-		for _, r := range p.strings {
-			pipe.Del(ctx, r.lease, r.key)
-		}
-		moved := make(map[string]bool)
-		for _, r := range p.fields {
-			if !moved[r.key] {
-				moved[r.key] = true
-				pipe.Incr(ctx, versionOf(r.key)) // voids a warm of the hash loading meanwhile
-			}
-			pipe.Del(ctx, r.lease)
-			pipe.HDel(ctx, r.key, r.field)
-		}
-		for _, g := range p.gens {
-			pipe.Set(ctx, g, newGen(), 0)
-		}
-		for _, h := range p.hashes {
-			pipe.Unlink(ctx, h)
-		}
-		for _, k := range p.unlink {
-			pipe.Unlink(ctx, k)
-		}
-	})
+	_, err := m.pipe(ctx, m.kv, func(pipe redis.Pipeliner) { p.queue(ctx, m, pipe) })
 	if err == nil && len(p.prefixes) > 0 {
 		err = m.rescanPrefixes(ctx, &p)
 	}
@@ -196,34 +196,55 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 		m.dropEverywhere(ctx, all, keys)
 	}
 	if err != nil {
-		return fmt.Errorf("cache: invalidate: %w", err)
-	}
-	var kinds [targetKinds]uint64
-	for _, t := range targets {
-		kinds[t.kind]++
-	}
-	for k, n := range kinds {
-		if n > 0 {
-			m.inv.byKind[k].Add(n)
-			if m.opts.Observer != nil {
-				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
-			}
-		}
+		return err
 	}
 	m.inv.removed.Add(uint64(len(p.strings) + len(p.fields) + len(p.hashes)))
 	return nil
 }
 
+// queue queues p's deletes on pipe: as few commands as the keys' slots
+// allow (one DEL on a single node), every lease deleted no later than its
+// entry, so that no store lands between the two.
+func (p *invalidation) queue(ctx context.Context, m *Manager, pipe redis.Pipeliner) {
+	keys := make([]string, 0, 2*len(p.strings)+len(p.fields)+len(p.gens))
+	for _, r := range p.strings {
+		keys = append(keys, r.lease, r.key)
+	}
+	var hashes []string             // the hashes whose fields go, in order
+	fields := map[string][]string{} // their fields
+	for _, r := range p.fields {
+		if _, ok := fields[r.key]; !ok {
+			hashes = append(hashes, r.key)
+			keys = append(keys, versionOf(r.key)) // voids a warm of the hash loading meanwhile
+		}
+		fields[r.key] = append(fields[r.key], r.field)
+		keys = append(keys, r.lease)
+	}
+	// A generation deleted is a new one for the next load: the entries of
+	// the old one are misses from then on.
+	keys = append(keys, p.gens...)
+	for _, group := range m.keyGroups(keys) {
+		pipe.Del(ctx, group...)
+	}
+	for _, h := range hashes { // after the DEL of their leases, on the same node
+		pipe.HDel(ctx, h, fields[h]...)
+	}
+	for _, group := range m.keyGroups(p.hashes) {
+		pipe.Unlink(ctx, group...)
+	}
+}
+
+// stringEntry is a string entry to delete: its key and its lease's.
+type stringEntry struct{ key, lease string }
+
 // invalidation is the Redis work of one Invalidate.
 type invalidation struct {
-	strings        []entryRef // string entries: delete lease and entry
-	fields         []entryRef // hash fields: delete lease, then the field
-	gens           []string   // generations to move
-	hashes         []string   // hashes to delete
-	tags           []string   // tag sets to resolve into entries
-	prefixes       []string   // key prefixes to resolve into entries
-	unlink         []string   // bookkeeping keys to delete
-	detachPrefixes []string   // flights to detach by key prefix
+	strings        []stringEntry // string entries: delete lease and entry
+	fields         []entryRef    // hash fields: delete lease, then the field
+	gens           []string      // generations to delete: of memos, hashes and tags
+	hashes         []string      // hashes to delete
+	prefixes       []string      // key prefixes to resolve into entries
+	detachPrefixes []string      // flights to detach by key prefix
 }
 
 func (m *Manager) detach(p *invalidation) {
@@ -256,16 +277,27 @@ type InvalidationStats struct {
 	// ByKind counts the targets invalidated, by kind: "key", "field",
 	// "hash", "entry", "memo", "tag", "prefix".
 	ByKind map[string]uint64
-	// Removed counts the entries deleted (a hash or a tag's entry counts
-	// one each; a memo's All, which moves a generation, counts none).
+	// Removed counts the entries deleted: a key, a field, a memo entry or a
+	// whole hash counts one each; a memo's All and a tag, which move a
+	// generation and delete no entry, count none.
 	Removed uint64
 	// Events counts Emit calls with at least one rule; UnknownEvents those
 	// with none.
 	Events, UnknownEvents uint64
+	// Pending is how many targets of failed invalidations wait to be
+	// retried now; their entries are misses for this Manager meanwhile.
+	// Retried counts the targets whose retry succeeded, Abandoned those
+	// given up (their entries had expired, or more than maxPending
+	// waited).
+	Pending            int
+	Retried, Abandoned uint64
 }
 
-func (s *invStats) snapshot() InvalidationStats {
+func (s *invStats) snapshot(p *pendingInvalidations) InvalidationStats {
 	out := InvalidationStats{
+		Pending:       int(p.n.Load()),
+		Retried:       p.retried.Load(),
+		Abandoned:     p.abandoned.Load(),
 		ByKind:        make(map[string]uint64, targetKinds-1),
 		Removed:       s.removed.Load(),
 		Events:        s.events.Load(),
@@ -289,12 +321,12 @@ func (m *Manager) resolvePrefixes(ctx context.Context, p *invalidation) error {
 					return
 				}
 				mu.Lock()
-				p.strings = append(p.strings, ref)
+				p.strings = append(p.strings, stringEntry{ref.key, ref.lease})
 				mu.Unlock()
 			})
 		})
 		if err != nil {
-			return fmt.Errorf("cache: invalidate prefix %q: %w", pre, err)
+			return wrap(err, "invalidate prefix %q", pre)
 		}
 	}
 	return nil

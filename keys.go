@@ -17,17 +17,22 @@ import (
 //	P{k:KEY}:l               its load lease
 //	P{h:NAME}                a hash, one field per entry
 //	P{h:NAME}:l:FIELD        a field's load lease
-//	P{h:NAME}:g              the hash's generation, moved by AllFields
-//	P{h:NAME}:v              its field version, moved by every Field target
+//	P{h:NAME}:g              the hash's generation, deleted by AllFields
+//	P{h:NAME}:v              its field version, deleted by Field targets
 //	P{m:NAME}:e:ARG          a memoized result (ARG: see argKey)
 //	P{m:NAME}:l:ARG          its load lease
-//	P{m:NAME}:g              the memo's generation, moved by All (ForgetAll)
-//	P{t:TAG}                 a tag: a sorted set of the entries carrying it
-//	P{t:TAG}:x:RANDOM        a tag's set renamed away by an invalidation
+//	P{m:NAME}:g              the memo's generation, deleted by All (ForgetAll)
+//	P{t:TAG}:g               a tag's generation, deleted by Tag targets
 //	P{lock:NAME}             a distributed lock, holding its owner's token
 //	P{lock:NAME}:fence       its fencing counter, which never expires
 //	P{warm}:period:I:N       the claim of warming period N of interval I ms
 //	P{local}:invalidate      the local tier's pub/sub channel
+//
+// A generation is a random number, set by the first load (or write) that
+// needs it when the key has none; an entry records the generations it was
+// stored under, and counts only while they stay. Deleting a generation is
+// how a whole container or tag is invalidated, and losing one to eviction
+// or a restart invalidates the same way: never the other way round.
 //
 // KEY, NAME, FIELD and TAG have '%' and '}' escaped (as %25 and %7D), so the
 // first '}' is always the tag's end and two different names never give one
@@ -53,7 +58,6 @@ const (
 	memoEntryInfix   = ":e:" // between a memo's base and an argument
 	memoLeaseInfix   = ":l:" // between a memo's base and an argument
 	fenceSuffix      = ":fence"
-	takenTagInfix    = ":x:"
 )
 
 // refKind says which kind of entry an entryRef names.
@@ -195,50 +199,9 @@ func (k memoKeys) entryRef(key string) entryRef {
 	return entryRef{kind: refMemo, key: key, gen: k.gen, genArg: k.genArg, arg: len(k.base) + len(memoEntryInfix)}
 }
 
-// tagKey returns the key of the tag's set.
+// tagKey returns the key of the tag's generation.
 func (m *Manager) tagKey(tag string) string {
-	return m.prefix + "{t:" + escape(tag) + "}"
-}
-
-// takenTagKey returns the key a tag's set is renamed to by an
-// invalidation, suffix being that invalidation's random part.
-func takenTagKey(tagKey, suffix string) string {
-	return tagKey + takenTagInfix + suffix
-}
-
-// tagMember returns the member that names ref in a tag's set: the lengths
-// and texts of its lease and key, then its field.
-func tagMember(ref entryRef) string {
-	var b strings.Builder
-	for _, s := range []string{ref.lease, ref.key} {
-		b.WriteString(strconv.Itoa(len(s)))
-		b.WriteByte(':')
-		b.WriteString(s)
-	}
-	b.WriteString(ref.field)
-	return b.String()
-}
-
-// parseTagMember is the inverse of tagMember.
-func parseTagMember(s string) (entryRef, bool) {
-	var parts [2]string
-	for i := range parts {
-		j := strings.IndexByte(s, ':')
-		if j <= 0 {
-			return entryRef{}, false
-		}
-		n, err := strconv.Atoi(s[:j])
-		if err != nil || n < 0 || n > len(s)-j-1 {
-			return entryRef{}, false
-		}
-		parts[i] = s[j+1 : j+1+n]
-		s = s[j+1+n:]
-	}
-	kind := refKey
-	if s != "" {
-		kind = refField
-	}
-	return entryRef{kind: kind, lease: parts[0], key: parts[1], field: s}, true
+	return m.prefix + "{t:" + escape(tag) + "}" + genSuffix
 }
 
 // lockKey returns the key of the lock name; its fence counter's key is

@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,7 +20,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	s := m.settle(opts)
+	s := m.settle("Set", writeOptions, opts)
 	if s.err != nil {
 		return s.err
 	}
@@ -29,11 +30,18 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	if err != nil {
 		return err
 	}
-	ref := m.keyRef(key).withLease()
 	ctx = m.withBudget(ctx)
-	if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), ref); err != nil {
-		return err
+	if len(s.tags) > 0 {
+		section, err := m.tagSectionNow(ctx, m.kv, &s)
+		if err != nil {
+			return err
+		}
+		if b, err = m.retag(v, b, section); err != nil {
+			return err
+		}
 	}
+	ref := m.keyRef(key).withLease()
+	m.pending.stored(s.keep(ttl))
 	_, err = m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		p.Del(ctx, ref.lease) // voids a load in flight, so it cannot overwrite v
 		p.Set(ctx, ref.key, b, s.keep(ttl))
@@ -73,9 +81,12 @@ func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(con
 
 // Refresh loads key anew with load and stores it over the old value, which
 // readers keep getting until then: there is no moment at which they miss.
-// Concurrent refreshes of key share one load, and an invalidation of key
-// while it runs voids the store, as for GetOrLoad. Use it, rather than Set,
-// to warm a key from its source.
+// It never returns a value loaded before it was called: concurrent
+// refreshes of key share a load only when they were called before it
+// began. An invalidation of key while it runs voids the store, as for
+// GetOrLoad. When Redis does not store the value, Refresh returns it with an
+// error (matching ErrUnavailable when Redis could not be reached): the old
+// value may stay. Use it, rather than Set, to warm a key from its source.
 func Refresh[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
 	e, err := m.keyEntry(ctx, key, load != nil, opts)
 	if err != nil {
@@ -102,13 +113,16 @@ func (m *Manager) keyEntry(ctx context.Context, key string, hasLoader bool, opts
 	if !hasLoader {
 		return entry{}, fmt.Errorf("%w: nil loader", ErrInvalidOption)
 	}
-	s := m.settle(opts)
-	return entry{ref: m.keyRef(key), s: s, st: m.kv, tags: s.tags}, s.err
+	s := m.settle("GetOrLoad and Refresh", loadedOptions, opts)
+	return entry{ref: m.keyRef(key), s: &s, st: m.kv, tags: s.tags}, s.err
 }
 
-// Get decodes the value of key into dst, a pointer. It returns ErrMiss when
-// there is no fresh value (absent, expired, or stored bytes that do not
-// decode), and ErrNotFound for a remembered ErrNotFound.
+// Get decodes the value of key into dst, a non-nil pointer. It returns
+// ErrMiss when there is no fresh value (absent, expired, or stored bytes
+// that do not decode into dst: then the error says why, a type mismatch
+// or corrupt bytes, and matches *DecodeError too), and ErrNotFound for a remembered
+// ErrNotFound. A dst that is not a non-nil pointer is an error matching
+// ErrInvalidOption, whatever the key holds.
 func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if err := m.check(ctx); err != nil {
 		return err
@@ -116,11 +130,11 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), dst)
-	if err != nil {
-		return err
+	if v := reflect.ValueOf(dst); v.Kind() != reflect.Pointer || v.IsNil() {
+		return fmt.Errorf("%w: Get decodes into a non-nil pointer, not %T", ErrInvalidOption, dst)
 	}
-	return countRead(m.kv, state)
+	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst)
+	return plainRead(m.kv, state, err)
 }
 
 // countRead counts a plain read's state and returns its error.
@@ -167,6 +181,8 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 		return nil, err
 	}
 	out := make(map[string]T, len(keys))
+	var tagged []int      // entries carrying tags, looked up again below
+	var sections [][]byte // their tags
 	for i, cmd := range cmds {
 		s, err := cmd.Result()
 		if err != nil {
@@ -174,7 +190,25 @@ func GetMany[T any](ctx context.Context, m *Manager, keys ...string) (map[string
 			continue
 		}
 		var v T
-		_, state, _ := m.lookup(m.kv, refs[i], bytesOf(s), "", &v)
+		h, state, _ := m.lookup(m.kv, refs[i], bytesOf(s), nil, &v)
+		if state == stateOtherTags {
+			tagged, sections = append(tagged, i), append(sections, h.Tags)
+			continue
+		}
+		if countRead(m.kv, state) == nil {
+			out[keys[i]] = v
+		}
+	}
+	if len(tagged) == 0 {
+		return out, nil
+	}
+	wants, err := m.otherTags(ctx, m.kv, sections)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range tagged {
+		var v T
+		_, state, _ := m.lookup(m.kv, refs[i], bytesOf(cmds[i].Val()), &wants[j], &v)
 		if countRead(m.kv, state) == nil {
 			out[keys[i]] = v
 		}
@@ -189,11 +223,12 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 	if err := m.check(ctx); err != nil {
 		return err
 	}
-	s := m.settle(opts)
+	s := m.settle("SetMany", writeOptions, opts)
 	if s.err != nil {
 		return s.err
 	}
 	type write struct {
+		key string
 		ref entryRef
 		b   []byte
 		ttl time.Duration
@@ -207,19 +242,24 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		ttl := s.expiry()
 		b, err := m.encode(v, envelope.Header{WrittenAt: now.UnixMilli(), FreshUntil: freshUntil(now, ttl)})
 		if err != nil {
-			return fmt.Errorf("cache: key %q: %w", k, err)
+			return wrap(err, "key %q", k)
 		}
-		writes = append(writes, write{m.keyRef(k).withLease(), b, s.keep(ttl)})
+		writes = append(writes, write{k, m.keyRef(k).withLease(), b, s.keep(ttl)})
 	}
 	ctx = m.withBudget(ctx)
 	if len(s.tags) > 0 {
-		refs := make([]entryRef, len(writes))
-		for i, w := range writes {
-			refs[i] = w.ref
-		}
-		if err := m.tagEntry(ctx, m.kv, s.tags, s.tagTTL(), refs...); err != nil {
+		section, err := m.tagSectionNow(ctx, m.kv, &s)
+		if err != nil {
 			return err
 		}
+		for i, w := range writes {
+			if writes[i].b, err = m.retag(items[w.key], w.b, section); err != nil {
+				return wrap(err, "key %q", w.key)
+			}
+		}
+	}
+	for _, w := range writes {
+		m.pending.stored(w.ttl)
 	}
 	_, err := m.pipe(ctx, m.kv, func(p redis.Pipeliner) {
 		for _, w := range writes {

@@ -224,8 +224,8 @@ func TestClosed(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
-		require.NoError(t, m.Close())
-		require.NoError(t, m.Close(), "Close is idempotent")
+		closeWithin(t, m)
+		closeWithin(t, m) // Close is idempotent
 		assert.ErrorIs(t, m.Set(ctx, "k", 1), ErrClosed)
 		assert.ErrorIs(t, m.Get(ctx, "k", new(int)), ErrClosed)
 		assert.ErrorIs(t, m.Delete(ctx, "k"), ErrClosed)
@@ -248,7 +248,7 @@ func TestNewOptions(t *testing.T) {
 	opts := &Options{Prefix: "scoopjoy"}
 	m, err := New(rdb, opts)
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	assert.Equal(t, Options{Prefix: "scoopjoy"}, *opts, "New does not change the caller's Options")
 	assert.Equal(t, "scoopjoy:kitchen_queue", m.Key("kitchen_queue"))
 	assert.Equal(t, time.Hour, m.opts.DefaultTTL)
@@ -256,7 +256,7 @@ func TestNewOptions(t *testing.T) {
 
 	d, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer d.Close()
+	t.Cleanup(func() { closeWithin(t, d) })
 	assert.Equal(t, "stockpot:x", d.Key("x"))
 }
 
@@ -264,7 +264,7 @@ func TestKeysAreDistinct(t *testing.T) {
 	_, rdb := testredis.Mini(t)
 	m, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	seen := map[string]string{}
 	add := func(what, key string) {
 		if prev, ok := seen[key]; ok {
@@ -288,17 +288,4 @@ func TestKeysAreDistinct(t *testing.T) {
 		r := m.keyRef(k).withLease()
 		assert.Equal(t, hashTag(r.key), hashTag(r.lease), k)
 	}
-}
-
-// hashTag returns the part of key Redis Cluster hashes.
-func hashTag(key string) string {
-	i := strings.IndexByte(key, '{')
-	if i < 0 {
-		return key
-	}
-	j := strings.IndexByte(key[i+1:], '}')
-	if j <= 0 {
-		return key
-	}
-	return key[i+1 : i+1+j]
 }

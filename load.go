@@ -6,35 +6,46 @@ import (
 	"errors"
 	mrand "math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stockpot-go/cache/internal/envelope"
 	"github.com/stockpot-go/cache/internal/scripts"
 )
 
-// Loading an entry that is missing takes two layers of deduplication.
+// Loading entries that are missing takes two layers of deduplication, for
+// one entry or a batch of them alike: a single load is a batch of one.
 //
 // In a process, callers of one entry share one flight: the first starts the
 // load on a goroutine of the Manager's, under a context that keeps the first
 // caller's values but not its cancellation, and every caller (the first
-// included) waits for the result or for its own context to end.
+// included) waits for the result or for its own context to end. A batch
+// joins the flights of its entries that are in progress (a single load's, or
+// another batch's) and starts one job for the rest.
 //
-// Across processes, the flight takes the entry's lease in Redis (SET NX PX,
-// in a script that reads the entry in the same round trip). The holder runs
-// the loader, renewing the lease while it runs, and stores the value with a
-// script that writes only while the lease is still its own. Flights of other
-// processes that find the lease taken poll for the value with a growing
-// delay, and take the lease over when it expires because its holder died.
+// Across processes, the job takes each entry's lease in Redis (SET NX PX, in
+// a script that reads the entry in the same round trip; a batch sends one
+// script call per entry, pipelined: one round trip per node). It calls the
+// loader once with the entries whose lease it took, renewing the leases
+// while it runs, and stores each value with a script that writes only while
+// the lease is still its own. Entries whose lease another process holds are
+// polled for with a growing delay, and their lease taken over when it
+// expires because its holder died (then the loader is called again, for
+// those entries).
 //
-// An invalidation deletes the lease (or moves the container's generation),
-// so the holder's store is refused and no value loaded before the
-// invalidation is stored after it.
+// An invalidation deletes the lease (or the container's generation), so the
+// holder's store is refused and no value loaded before the invalidation is
+// stored after it. An invalidation of a tag moves the tag's generation,
+// which the stored entry carries: the job reads the generation again after
+// its store, and treats a moved one as a refused store.
 //
 // A flight's result goes only to callers that joined before the Redis call
 // that produced it (the read that found the value, or the store of the
-// loaded one) or, for a value whose store was voided, before its load began.
+// loaded one; for an entry with tags, the read of their generations before
+// the load) or, for a value whose store was refused, before its load began.
 // Those callers' calls overlap any invalidation the result missed. A caller
 // that joined later may have joined after an invalidation returned (one
 // made by another process, which this process does not see), so it starts
@@ -56,11 +67,20 @@ type flight struct {
 // flightGroup holds the flights in progress, by lease key.
 type flightGroup struct {
 	mu sync.Mutex // protects m
-	m  map[string]*flight
+	m  map[flightKey]*flight
+}
+
+// flightKey names a flight: the lease of its entry, and whether the load is
+// forced (Refresh). Forced loads do not share a flight with ordinary
+// misses: a refresh must not return a load that began before it was asked
+// for.
+type flightKey struct {
+	lease  string
+	forced bool
 }
 
 // join returns the flight of key, and true when the caller started it.
-func (g *flightGroup) join(key string) (*flight, bool) {
+func (g *flightGroup) join(key flightKey) (*flight, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if f, ok := g.m[key]; ok {
@@ -72,7 +92,7 @@ func (g *flightGroup) join(key string) (*flight, bool) {
 }
 
 // finish publishes f's result and removes it from the group.
-func (g *flightGroup) finish(key string, f *flight, val any, at time.Time, err error) {
+func (g *flightGroup) finish(key flightKey, f *flight, val any, at time.Time, err error) {
 	g.mu.Lock()
 	if g.m[key] == f {
 		delete(g.m, key)
@@ -88,8 +108,8 @@ func (g *flightGroup) detach(keys []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, k := range keys {
-		delete(g.m, k)
-		delete(g.m, forcedPrefix+k)
+		delete(g.m, flightKey{k, false})
+		delete(g.m, flightKey{k, true})
 	}
 }
 
@@ -97,7 +117,7 @@ func (g *flightGroup) detach(keys []string) {
 func (g *flightGroup) detachAll() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.m = make(map[string]*flight)
+	g.m = make(map[flightKey]*flight)
 }
 
 // detachPrefix detaches the flights whose lease key starts with prefix.
@@ -105,7 +125,7 @@ func (g *flightGroup) detachPrefix(prefix string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k := range g.m {
-		if strings.HasPrefix(k, prefix) || strings.HasPrefix(k, forcedPrefix+prefix) {
+		if strings.HasPrefix(k.lease, prefix) {
 			delete(g.m, k)
 		}
 	}
@@ -116,62 +136,260 @@ func (g *flightGroup) detachPrefix(prefix string) {
 // key polls, and every millisecond of it is added to the waiters' latency.
 const maxLeasePoll = 16 * time.Millisecond
 
-// forcedPrefix marks the flights of forced loads (Refresh), which do not
-// share a flight with ordinary misses: a refresh must not return a load that
-// began before it was asked for.
-const forcedPrefix = "!"
+// batchLoader loads the entries at idx of a load's entries, and returns
+// their values by index; an index it leaves out has no value.
+type batchLoader[T any] func(ctx context.Context, idx []int) (map[int]T, error)
 
-// tagMargin is how long a load's tags remember its entry when recorded
-// before the load: its TTL plus a lease's time for the load itself.
-func (m *Manager) tagMargin(e *entry) time.Duration {
-	ttl := e.s.tagTTL()
-	if ttl == 0 {
-		return 0
+// single returns the batchLoader of a load of one entry with l.
+func single[A, T any](l loader[A, T]) batchLoader[T] {
+	return func(ctx context.Context, _ []int) (map[int]T, error) {
+		v, err := l.call(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return map[int]T{0: v}, nil
 	}
-	return ttl + m.opts.LeaseTTL
 }
 
+// outcome is what a load gave one entry: a value, an error, or both (a
+// Refresh whose value Redis did not store).
+type outcome[T any] struct {
+	v   T
+	has bool // v is a value
+	err error
+}
+
+// errLeftOut is the outcome of an entry a batch loader left out of its
+// result (without RememberMissing): a miss, not stored.
+var errLeftOut = errors.New("cache: left out by the loader")
+
 // loadEntry returns e's value, loading it with l when it is missing (or
-// always, when force is set), shared as described above.
+// always, when force is set), as loadMany does.
 func loadEntry[A, T any](ctx context.Context, m *Manager, e entry, force bool, l loader[A, T]) (T, error) {
-	var zero T
-	e.ref = e.ref.withLease()
-	fkey := e.ref.lease
-	if force {
-		fkey = forcedPrefix + fkey
+	out, err := loadMany(ctx, m, []entry{e}, force, single(l))
+	if err != nil {
+		var zero T
+		return zero, err
 	}
-	for {
+	return out[0].v, out[0].err
+}
+
+// loadMany returns the outcome of each of es (whose keys differ), loading
+// those that are missing (or all, when force is set) with l, shared as
+// described above. The error is the caller's ctx's, when it ended first.
+func loadMany[T any](ctx context.Context, m *Manager, es []entry, force bool, l batchLoader[T]) ([]outcome[T], error) {
+	keys := make([]flightKey, len(es))
+	for i := range es {
+		es[i].ref = es[i].ref.withLease()
+		keys[i] = flightKey{es[i].ref.lease, force}
+	}
+	out := make([]outcome[T], len(es))
+	fs := make([]*flight, len(es))
+	pending := make([]int, len(es))
+	for i := range pending {
+		pending[i] = i
+	}
+	for len(pending) > 0 {
 		joined := time.Now()
-		f, leader := m.flights.join(fkey)
-		if leader {
-			lctx := context.WithoutCancel(ctx)
-			started := m.goBackground(func() {
-				lctx, cancel := context.WithCancel(lctx)
-				defer cancel()
-				stop := context.AfterFunc(m.life, cancel)
-				defer stop()
-				v, at, err := runLoad(lctx, m, &e, force, l)
-				m.flights.finish(fkey, f, v, at, err)
-			})
-			if !started {
-				m.flights.finish(fkey, f, zero, time.Time{}, ErrClosed)
+		var mine []int
+		for _, i := range pending {
+			f, leader := m.flights.join(keys[i])
+			fs[i] = f
+			if leader {
+				mine = append(mine, i)
+			} else {
+				es[i].st.add(EventSharedWait, 1)
 			}
-		} else {
-			e.st.add(EventSharedWait, 1)
 		}
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return zero, ctx.Err()
+		if len(mine) > 0 {
+			startLoad(ctx, m, es, mine, force, l, func(i int, v any, at time.Time, err error) {
+				m.flights.finish(keys[i], fs[i], v, at, err)
+			})
 		}
-		if !f.at.IsZero() && joined.After(f.at) && (f.err == nil || errors.Is(f.err, ErrNotFound)) {
-			continue // read before an invalidation this caller may have seen return
+		var next []int
+		for _, i := range pending {
+			f := fs[i]
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if !f.at.IsZero() && joined.After(f.at) && (f.err == nil || errors.Is(f.err, ErrNotFound)) {
+				next = append(next, i) // read before an invalidation this caller may have seen return
+				continue
+			}
+			if f.val != nil {
+				out[i].v, out[i].has = f.val.(T), true
+			}
+			out[i].err = f.err
 		}
-		if f.err != nil {
-			return zero, f.err
-		}
-		return f.val.(T), nil
+		pending = next
 	}
+	return out, nil
+}
+
+// finishFunc publishes the outcome of entry i of a load: its value (nil
+// for none), when the Redis call that vouches for it began (see
+// flight.at), and its error.
+type finishFunc func(i int, v any, at time.Time, err error)
+
+// startLoad runs the job of loading the entries idx of es on a goroutine
+// of the Manager's, under a context that keeps ctx's values but not its
+// cancellation and ends on Close; finish is called once for each of idx.
+func startLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, force bool, l batchLoader[T], finish finishFunc) {
+	lctx := context.WithoutCancel(ctx)
+	job := func() {
+		lctx, cancel := context.WithCancel(lctx)
+		defer cancel()
+		stop := context.AfterFunc(m.life, cancel)
+		defer stop()
+		runLoad(lctx, m, es, idx, force, l, finish)
+	}
+	if !m.goBackground(job) {
+		for _, i := range idx {
+			finish(i, nil, time.Time{}, ErrClosed)
+		}
+	}
+}
+
+// held is what a load holds for each of its entries, by index: its lease
+// token, and what its value is stored under.
+type held struct {
+	tokens []string
+	wants  []expect // the container's and the tags' generations
+	force  bool     // a forced load (Refresh), which deletes the old value when its store is refused
+}
+
+func newHeld(es []entry, force bool) *held {
+	h := &held{tokens: make([]string, len(es)), wants: make([]expect, len(es)), force: force}
+	for i := range es {
+		h.tokens[i] = newToken()
+		h.wants[i].tags = es[i].tags
+	}
+	return h
+}
+
+// runLoad is a load job's work: for each of idx, find the value, or take
+// the lease and load it. A forced load (Refresh) never takes a value it did
+// not load, and its result goes only to the callers that joined before its
+// loader began.
+func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, force bool, l batchLoader[T], finish finishFunc) {
+	hd := newHeld(es, force)
+	// The tags' generations come first: the values loaded below are stored
+	// with them, and count only while they stay.
+	read := time.Now()
+	if err := m.readGensForLoad(ctx, es, idx, hd); err != nil {
+		degrade(ctx, m, es, idx, hd, l, err, finish)
+		return
+	}
+	takes := make([]bool, len(es))
+	waited := make([]bool, len(es))
+	for _, i := range idx {
+		takes[i] = force
+	}
+	backoff := time.Millisecond
+	paused := false
+	for todo := idx; len(todo) > 0; {
+		asked := time.Now()
+		acq, err := m.acquireMany(ctx, es, todo, hd, takes)
+		if err != nil {
+			degrade(ctx, m, es, todo, hd, l, err, finish)
+			return
+		}
+		var load, again, busy []int
+		for j, i := range todo {
+			a := acq[j]
+			hd.wants[i].gen = a.gen
+			if a.value != nil && a.status != leaseTaken && !force {
+				// A value is there: take it if it is usable. It is as
+				// recent as the first of the reads that vouch for it: its
+				// tags' generations, if it has tags, else itself.
+				vouched := asked
+				if len(es[i].tags) > 0 {
+					vouched = read
+				}
+				var v T
+				_, state, _ := m.lookup(es[i].st, es[i].ref, a.value, &hd.wants[i], &v)
+				switch state {
+				case stateHit:
+					finish(i, v, vouched, nil)
+					continue
+				case stateNegative:
+					finish(i, nil, vouched, ErrNotFound)
+					continue
+				}
+				if a.status == valuePresent {
+					takes[i] = true // stale, old, corrupt or of moved tags: load it
+					again = append(again, i)
+					continue
+				}
+			}
+			switch a.status {
+			case leaseTaken:
+				load = append(load, i)
+			default:
+				if !waited[i] {
+					waited[i] = true
+					es[i].st.add(EventLeaseWait, 1)
+				}
+				if !paused {
+					// Waiting for another process's load is not Redis's
+					// time: from here on each call has a budget of its own.
+					paused = true
+					defer pause(ctx)()
+				}
+				busy = append(busy, i)
+			}
+		}
+		if len(load) > 0 {
+			loadAndStore(ctx, m, es, load, hd, l, finish)
+		}
+		if len(busy) > 0 && len(again) == 0 {
+			if err := sleep(ctx, backoff); err != nil {
+				for _, i := range busy {
+					finish(i, nil, time.Time{}, err)
+				}
+				return
+			}
+			backoff = min(backoff*2, maxLeasePoll)
+		}
+		todo = append(again, busy...)
+	}
+}
+
+// readGensForLoad reads (or makes) the generations of the tags of the
+// entries idx of es, into hd, keeping them alive as long as the entries
+// will live.
+func (m *Manager) readGensForLoad(ctx context.Context, es []entry, idx []int, hd *held) error {
+	var tags []string
+	var keep time.Duration
+	for _, i := range idx {
+		for _, t := range es[i].tags {
+			if !slices.Contains(tags, t) {
+				tags = append(tags, t)
+			}
+		}
+		k := m.tagKeep(&es[i])
+		if k == 0 || keep == 0 && len(tags) == 0 {
+			keep = k
+		}
+		keep = max(keep, k)
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	gens, err := m.tagGens(ctx, es[idx[0]].st, tags, keep)
+	if err != nil {
+		return err
+	}
+	for _, i := range idx {
+		w := &hd.wants[i]
+		w.gens = make([]string, len(w.tags))
+		for j, t := range w.tags {
+			w.gens[j] = gens[slices.Index(tags, t)]
+		}
+	}
+	return nil
 }
 
 // acquired is what the acquire script found.
@@ -187,190 +405,362 @@ const (
 	valuePresent = 2
 )
 
-// acquire reads e's entry and takes its lease with token, unless a value is
-// there and take is false.
-func (m *Manager) acquire(ctx context.Context, e *entry, token string, take bool) (acquired, error) {
-	ref := &e.ref
-	keys := []string{ref.key, ref.lease}
-	if ref.gen != "" {
-		keys = append(keys, ref.gen)
+// acquireMany reads the entries idx of es and takes their leases with hd's
+// tokens, unless a value is there and takes does not say to: one script
+// call per group of scriptGroups, in one round trip (one per node). It
+// returns what it found, in the order of idx.
+func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held, takes []bool) ([]acquired, error) {
+	groups := m.scriptGroups(es, idx)
+	calls := make([]scriptCall, len(groups))
+	for g, group := range groups {
+		keys := make([]string, 0, 3*len(group))
+		args := make([]any, 1, 1+5*len(group))
+		args[0] = m.opts.LeaseTTL.Milliseconds()
+		for _, i := range group {
+			ref := &es[i].ref
+			keys = append(keys, ref.key, ref.lease)
+			hasGen := "0"
+			if ref.gen != "" {
+				keys = append(keys, ref.gen)
+				hasGen = "1"
+			}
+			take := "0"
+			if takes[i] {
+				take = "1"
+			}
+			args = append(args, ref.field, hd.tokens[i], take, hasGen, newGen())
+		}
+		calls[g] = scriptCall{keys: keys, args: args}
 	}
-	flag := "0"
-	if take {
-		flag = "1"
-	}
-	res, err := m.eval(ctx, e.st, scripts.Acquire, keys, ref.field, token, m.opts.LeaseTTL.Milliseconds(), flag).Slice()
+	cmds, err := m.evalMany(ctx, es[idx[0]].st, scripts.AcquireMany, calls)
 	if err != nil {
-		return acquired{}, err
+		return nil, err
 	}
-	var a acquired
-	if len(res) != 3 {
-		return a, errors.New("cache: unexpected reply from the acquire script")
+	found := make(map[int]acquired, len(idx))
+	for g, group := range groups {
+		res, err := cmds[g].Slice()
+		if err != nil {
+			return nil, err
+		}
+		if len(res) != 3*len(group) {
+			return nil, errors.New("cache: unexpected reply from the acquire script")
+		}
+		for j, i := range group {
+			var a acquired
+			if s, ok := res[3*j].(string); ok {
+				a.value = bytesOf(s)
+			}
+			a.status, _ = res[3*j+1].(int64)
+			a.gen, _ = res[3*j+2].(string)
+			found[i] = a
+		}
 	}
-	if s, ok := res[0].(string); ok {
-		a.value = bytesOf(s)
+	out := make([]acquired, len(idx))
+	for j, i := range idx {
+		out[j] = found[i]
 	}
-	a.status, _ = res[1].(int64)
-	a.gen, _ = res[2].(string)
-	return a, nil
+	return out, nil
 }
 
-// runLoad is a flight's work: find the value, or take the lease and load it.
-// It returns the value with the time the Redis call that found or stored it
-// began (see flight.at).
-func runLoad[A, T any](ctx context.Context, m *Manager, e *entry, force bool, l loader[A, T]) (v T, at time.Time, err error) {
-	var zero T
-	token := newToken()
-	start := m.now().UnixMilli()
-	take := force
-	waited := false
-	backoff := time.Millisecond
-	// Tags are recorded before the lease is taken: an invalidation of a tag
-	// that does not see this record ran before the load began.
-	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
-		if ctx.Err() != nil {
-			return zero, time.Time{}, ctx.Err()
-		}
-		e.st.add(EventDegraded, 1)
-		return loadDegraded(ctx, e, l, err)
+// releaseMany gives up the leases of the entries idx of es, held with hd's
+// tokens, in one round trip (one per node), on a context of its own: it
+// also runs when the load's context has ended. It runs in the background,
+// so that the callers of a failed load do not wait for it, or at once
+// after Close.
+func (m *Manager) releaseMany(es []entry, idx []int, hd *held) {
+	if m.goBackground(func() { m.releaseManyNow(es, idx, hd) }) {
+		return
 	}
-	tagged := time.Now()
-	for {
-		asked := time.Now()
-		a, err := m.acquire(ctx, e, token, take)
-		if err != nil {
-			if ctx.Err() != nil {
-				return zero, time.Time{}, ctx.Err()
-			}
-			// Redis is failing: the caller still gets the loader's value,
-			// which is not stored.
-			e.st.add(EventDegraded, 1)
-			m.log.Debug("cache: redis failed during a load; loading without the cache", "key", e.ref.key, "field", e.ref.field, "err", err)
-			return loadDegraded(ctx, e, l, err)
+	m.releaseManyNow(es, idx, hd)
+}
+
+func (m *Manager) releaseManyNow(es []entry, idx []int, hd *held) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	groups := m.scriptGroups(es, idx)
+	calls := make([]scriptCall, len(groups))
+	for g, group := range groups {
+		for _, i := range group {
+			calls[g].keys = append(calls[g].keys, es[i].ref.lease)
+			calls[g].args = append(calls[g].args, hd.tokens[i])
 		}
-		if a.value != nil && a.status != leaseTaken {
-			// A value is there: take it if it is usable.
-			var v T
-			h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v)
-			if !force || h.WrittenAt >= start {
-				switch state {
-				case stateHit:
-					return v, asked, nil
-				case stateNegative:
-					return zero, asked, ErrNotFound
-				}
-			}
-			if a.status == valuePresent {
-				take = true // stale, old or corrupt: load it
-				continue
-			}
-		}
-		if a.status == leaseBusy {
-			if !waited {
-				waited = true
-				e.st.add(EventLeaseWait, 1)
-				// Waiting for another process's load is not Redis's time:
-				// from here on each call has a budget of its own.
-				defer pause(ctx)()
-			}
-			if err := sleep(ctx, backoff); err != nil {
-				return zero, time.Time{}, err
-			}
-			backoff = min(backoff*2, maxLeasePoll)
+	}
+	if _, err := m.evalMany(ctx, es[idx[0]].st, scripts.ReleaseMany, calls); err != nil {
+		m.log.Warn("cache: releasing leases failed; they expire on their own", "leases", len(idx), "err", err)
+	}
+}
+
+// stored is what became of a loaded value's store.
+type stored struct {
+	at     time.Time // when the store call began; zero when nothing was stored
+	voided bool      // an invalidation voided the store
+	err    error     // why the store failed, when Redis failed it
+}
+
+// write is the store of one loaded entry.
+type write struct {
+	i    int    // the entry's index
+	b    []byte // its stored form
+	keep time.Duration
+}
+
+// loadAndStore runs the loader once for the entries idx of es, whose
+// leases hd holds, and stores their values; finish is called for each.
+func loadAndStore[T any](ctx context.Context, m *Manager, es []entry, idx []int, hd *held, l batchLoader[T], finish finishFunc) {
+	st := es[idx[0]].st
+	began := time.Now()
+	stop := m.keepLeases(ctx, es, idx, hd)
+	ctl := &loadControl{}
+	vals, took, lerr := callLoader(withControl(ctx, ctl), st, l, idx)
+	stop()
+	now := m.now()
+	outs := make(map[int]outcome[T], len(idx))
+	var writes []write
+	var unstored []int
+	for _, i := range idx {
+		o, w := encodeLoaded(m, &es[i], hd.wants[i], vals, i, lerr, ctl, now, took)
+		outs[i] = o
+		if w.b == nil || ctl.dontStore.Load() {
+			unstored = append(unstored, i)
 			continue
 		}
-
-		// The lease is ours.
-		began := time.Now()
-		v, storedAt, voided, err := loadAndStore(ctx, m, e, l, token, a.gen)
-		if ttl := e.s.tagTTL(); !storedAt.IsZero() && len(e.tags) > 0 && ttl > 0 && time.Since(tagged) > m.opts.LeaseTTL {
-			// The load outlived the margin the tags were recorded with.
-			_ = m.tagEntry(ctx, e.st, e.tags, ttl, e.ref)
+		writes = append(writes, w)
+	}
+	if len(unstored) > 0 {
+		m.releaseMany(es, unstored, hd)
+		for _, i := range unstored {
+			// Not stored: nothing vouches for the value but its load.
+			o := outs[i]
+			finish(i, valueOf(o), began, o.err)
 		}
-		if voided {
-			e.st.add(EventVoidedStore, 1)
-			return v, began, err
+	}
+	if len(writes) == 0 {
+		return
+	}
+	results := m.storeMany(ctx, es, writes, hd)
+	for j, w := range writes {
+		o, r := outs[w.i], results[j]
+		at := r.at
+		switch {
+		case r.voided:
+			st.add(EventVoidedStore, 1)
+			at = began
+		case hd.force:
+			if r.err != nil && o.err == nil {
+				o.err = notStored(r.err)
+			}
+			at = began
+		case r.at.IsZero() && !unreachable(r.err):
+			// Redis answered the store with an error (out of memory, say):
+			// as for a voided store, nothing vouches for the value.
+			at = began
 		}
-		return v, storedAt, err
+		finish(w.i, valueOf(o), at, o.err)
 	}
 }
 
-// loadAndStore runs the loader under the lease held with token and stores
-// its result. It returns when the store call began (zero when nothing was
-// stored: an error, or Redis failing), and whether an invalidation voided
-// the store; the loaded value is returned all the same.
-func loadAndStore[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T], token, gen string) (T, time.Time, bool, error) {
-	var zero T
-	stopRenew := m.keepLease(ctx, e, token)
-	v, took, err := callLoader(ctx, e.st, l)
-	stopRenew()
-	now := m.now()
-	var b []byte
-	ttl := e.s.expiry()
+// encodeLoaded returns the outcome of entry i of a load, given the
+// loader's values and error, and its store (no bytes for none).
+func encodeLoaded[T any](m *Manager, e *entry, want expect, vals map[int]T, i int, lerr error, ctl *loadControl, now time.Time, took time.Duration) (outcome[T], write) {
+	lerr = errorOf(lerr, i)
+	v, ok := vals[i]
+	o := outcome[T]{v: v, has: ok}
+	s := *e.s
+	if d := ctl.ttl.Load(); d > 0 {
+		s.ttl, s.noExpiry = time.Duration(d), false
+	}
+	ttl := s.expiry()
+	h := envelope.Header{Gen: parseGen(want.gen), Tags: tagSection(e.tags, want.gens)}
+	w := write{i: i}
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(lerr, ErrNotFound) || !ok && lerr == nil && e.s.rememberMissing:
+		o = outcome[T]{err: ErrNotFound}
 		ttl = m.opts.NegativeTTL
-		b = m.negative(now, ttl, parseGen(gen))
-		err = ErrNotFound
-	case err == nil:
-		b, err = m.encode(v, envelope.Header{
-			WrittenAt:    now.UnixMilli(),
-			FreshUntil:   freshUntil(now, ttl),
-			LoadDuration: uint64(took.Microseconds()),
-			Gen:          parseGen(gen),
-		})
+		w.b = m.negative(now, ttl, h)
+		w.keep = ttl
+		return o, w
+	case !ok && lerr != nil:
+		o.err = lerr
+		return o, w
+	case !ok:
+		o.err = errLeftOut
+		return o, w
 	}
-	if b == nil {
-		m.release(e.st, e.ref.lease, token)
-		return zero, time.Time{}, false, err
+	h.WrittenAt = now.UnixMilli()
+	h.FreshUntil = freshUntil(now, ttl)
+	h.LoadDuration = uint64(took.Microseconds())
+	b, err := m.encode(v, h)
+	if err != nil {
+		return outcome[T]{err: err}, w
 	}
-	keys := []string{e.ref.key, e.ref.lease}
-	if e.ref.gen != "" {
-		keys = append(keys, e.ref.gen)
+	w.b, w.keep = b, s.keep(ttl)
+	return o, w
+}
+
+// storeMany stores writes, each only while its entry's lease is hd's, in
+// one round trip (one per node), and then, for the entries with tags,
+// checks that their tags did not move while they loaded. It returns what
+// became of each write.
+func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd *held) []stored {
+	st := es[writes[0].i].st
+	force := "0"
+	if hd.force {
+		force = "1"
 	}
-	keep := ttl
-	if keep > 0 && !errors.Is(err, ErrNotFound) {
-		keep += e.s.staleFor
+	idx := make([]int, len(writes))
+	at := make(map[int]int, len(writes)) // entry index -> index in writes
+	for j, w := range writes {
+		idx[j], at[w.i] = w.i, j
+		m.pending.stored(w.keep)
+	}
+	groups := m.scriptGroups(es, idx)
+	calls := make([]scriptCall, len(groups))
+	for g, group := range groups {
+		keys := make([]string, 0, 3*len(group))
+		args := make([]any, 1, 1+6*len(group))
+		args[0] = force
+		for _, i := range group {
+			e, w := &es[i], writes[at[i]]
+			keys = append(keys, e.ref.key, e.ref.lease)
+			hasGen := "0"
+			if e.ref.gen != "" {
+				keys = append(keys, e.ref.gen)
+				hasGen = "1"
+			}
+			args = append(args, e.ref.field, hd.tokens[i], hd.wants[i].gen, w.b, w.keep.Milliseconds(), hasGen)
+		}
+		calls[g] = scriptCall{keys: keys, args: args}
 	}
 	storeAt := time.Now()
-	n, serr := m.eval(ctx, e.st, scripts.Store, keys, e.ref.field, token, gen, b, keep.Milliseconds()).Int()
-	switch {
-	case serr != nil:
-		// The caller still gets the value; the cache just did not keep it.
-		m.log.Warn("cache: storing a loaded value failed", "key", e.ref.key, "field", e.ref.field, "err", serr)
-		return v, time.Time{}, false, err
-	case n == 0:
-		return v, time.Time{}, true, err
+	cmds, _ := m.evalMany(ctx, st, scripts.StoreMany, calls)
+	replies := make(map[int]int64, len(writes))
+	errs := make(map[int]error)
+	for g, group := range groups {
+		ns, err := cmds[g].Int64Slice()
+		if err == nil && len(ns) != len(group) {
+			err = errors.New("cache: unexpected reply from the store script")
+		}
+		for j, i := range group {
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			replies[i] = ns[j]
+		}
 	}
-	e.st.add(EventSet, 1)
-	return v, storeAt, false, err
+	results := make([]stored, len(writes))
+	var tags []string // the tags of the stored entries
+	for j, w := range writes {
+		n, err := replies[w.i], errs[w.i]
+		switch {
+		case err != nil:
+			m.log.Warn("cache: storing a loaded value failed", "key", es[w.i].ref.key, "field", es[w.i].ref.field, "err", err)
+			results[j].err = err
+		case n == 0:
+			results[j].voided = true
+		default:
+			results[j].at = storeAt
+			st.add(EventSet, 1)
+			for _, t := range es[w.i].tags {
+				if !slices.Contains(tags, t) {
+					tags = append(tags, t)
+				}
+			}
+		}
+	}
+	if len(tags) == 0 {
+		return results
+	}
+	// An invalidation of a tag does not void the lease: check that none
+	// came while the values loaded, before the callers that joined
+	// meanwhile take them.
+	now, err := m.readTagGens(ctx, st, tags)
+	for j, w := range writes {
+		want := hd.wants[w.i]
+		if results[j].at.IsZero() || len(want.tags) == 0 {
+			continue
+		}
+		for k, t := range want.tags {
+			if err != nil || now[slices.Index(tags, t)] != want.gens[k] {
+				results[j].voided = true
+				break
+			}
+		}
+	}
+	return results
 }
 
-// loadDegraded runs the loader without the cache, Redis having failed with
-// cause. The value is not stored. When Redis cannot be reached, every
-// caller waiting for the flight takes the value (the time returned is
-// zero), so that an outage does not multiply the loads. When Redis answered
+// valueOf returns o's value boxed, nil when o has none.
+func valueOf[T any](o outcome[T]) any {
+	if !o.has {
+		return nil
+	}
+	return o.v
+}
+
+// notStored is the error of a forced load (Refresh) whose value Redis did
+// not store, the old value staying: cause is Redis's error.
+func notStored(cause error) error {
+	return wrap(unavailable(cause), "the refreshed value was not stored")
+}
+
+// degrade finishes the entries idx of es by running the loader without the
+// cache, Redis having failed with cause (or the job's ctx having ended).
+// The values are not stored. When Redis cannot be reached, every caller
+// waiting for the flights takes them (their time is zero), so that an
+// outage does not multiply the loads (but for a forced load, which goes to
+// the callers that joined before it began, as ever). When Redis answered
 // with an error (a script refused during a cluster slot migration, say), it
 // is up for other processes, whose invalidations this process does not
 // see: as for a voided store, only the callers that joined before the load
-// began take the value.
-func loadDegraded[A, T any](ctx context.Context, e *entry, l loader[A, T], cause error) (T, time.Time, error) {
-	began := time.Now()
-	v, _, err := callLoader(ctx, e.st, l)
-	if unreachable(cause) {
-		return v, time.Time{}, err
+// began take the values.
+func degrade[T any](ctx context.Context, m *Manager, es []entry, idx []int, hd *held, l batchLoader[T], cause error, finish finishFunc) {
+	if ctx.Err() != nil {
+		for _, i := range idx {
+			finish(i, nil, time.Time{}, ctx.Err())
+		}
+		return
 	}
-	return v, began, err
+	st := es[idx[0]].st
+	st.add(EventDegraded, uint64(len(idx)))
+	m.log.Debug("cache: redis failed during a load; loading without the cache", "key", es[idx[0]].ref.key, "entries", len(idx), "err", cause)
+	began := time.Now()
+	vals, _, lerr := callLoader(ctx, st, l, idx)
+	for _, i := range idx {
+		lerr := errorOf(lerr, i)
+		v, ok := vals[i]
+		o := outcome[T]{v: v, has: ok}
+		switch {
+		case errors.Is(lerr, ErrNotFound) || !ok && lerr == nil && es[i].s.rememberMissing:
+			o = outcome[T]{err: ErrNotFound}
+		case !ok && lerr != nil:
+			o.err = lerr
+		case !ok:
+			o.err = errLeftOut
+		}
+		switch {
+		case hd.force:
+			if o.err == nil {
+				o.err = notStored(cause)
+			}
+			finish(i, valueOf(o), began, o.err)
+		case unreachable(cause):
+			finish(i, valueOf(o), time.Time{}, o.err)
+		default:
+			finish(i, valueOf(o), began, o.err)
+		}
+	}
 }
 
-// callLoader runs l, turning a panic into a *PanicError, and counts it.
-func callLoader[A, T any](ctx context.Context, st *counters, l loader[A, T]) (v T, took time.Duration, err error) {
+// callLoader runs l for the entries idx, turning a panic into a
+// *PanicError, and counts it.
+func callLoader[T any](ctx context.Context, st *counters, l batchLoader[T], idx []int) (vals map[int]T, took time.Duration, err error) {
 	st.loading()
 	start := time.Now()
 	defer func() {
 		took = time.Since(start)
 		if r := recover(); r != nil {
-			err = &PanicError{Value: r, Stack: debug.Stack()}
+			vals, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
 		}
 		st.loaded(took, err)
 		if err != nil && !errors.Is(err, ErrNotFound) {
@@ -378,19 +768,24 @@ func callLoader[A, T any](ctx context.Context, st *counters, l loader[A, T]) (v 
 		}
 	}()
 	defer pause(ctx)() // the loader's time is not the Redis budget's
-	v, err = l.call(ctx)
-	return v, 0, err
+	vals, err = l(ctx, idx)
+	return vals, 0, err
 }
 
-// keepLease renews e's lease, held with token, every LeaseTTL/3 until the
-// returned function is called; that function waits for the renewals to stop.
-func (m *Manager) keepLease(ctx context.Context, e *entry, token string) func() {
+// keepLeases renews the leases of the entries idx of es, held with hd's
+// tokens, every LeaseTTL/3 (in one round trip per node) until the returned
+// function is called; that function waits for the renewals to stop.
+func (m *Manager) keepLeases(ctx context.Context, es []entry, idx []int, hd *held) func() {
 	every := m.opts.LeaseTTL / 3
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
+		calls := make([]scriptCall, len(idx))
+		for j, i := range idx {
+			calls[j] = scriptCall{keys: []string{es[i].ref.lease}, args: []any{hd.tokens[i], m.opts.LeaseTTL.Milliseconds()}}
+		}
 		for {
 			select {
 			case <-done:
@@ -398,16 +793,51 @@ func (m *Manager) keepLease(ctx context.Context, e *entry, token string) func() 
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				n, err := m.eval(ctx, e.st, scripts.Renew, []string{e.ref.lease}, token, m.opts.LeaseTTL.Milliseconds()).Int()
-				if err == nil && n == 0 {
-					return // voided: the store will be refused
-				}
+				// A lease found void stays void: its store will be refused.
+				_, _ = m.evalMany(ctx, es[idx[0]].st, scripts.Renew, calls)
 			}
 		}
 	})
 	return func() {
 		close(done)
 		wg.Wait()
+	}
+}
+
+// Loader control.
+
+// loadControl is what a loader says of the values it returns, through its
+// context (SetTTL, DontStore).
+type loadControl struct {
+	ttl       atomic.Int64 // nanoseconds; 0 for the call's TTL
+	dontStore atomic.Bool
+}
+
+type loadControlKey struct{}
+
+func withControl(ctx context.Context, c *loadControl) context.Context {
+	return context.WithValue(ctx, loadControlKey{}, c)
+}
+
+// SetTTL, called by a loader with the context it was given, stores the
+// values it returns for d (jitter applied) instead of the TTL of the call
+// or memo: a value can say how long it stays valid, such as a token that
+// expires. A d that is not positive, or a ctx that is not a loader's, does
+// nothing. For a batch loader it applies to every value of the call.
+func SetTTL(ctx context.Context, d time.Duration) {
+	if c, ok := ctx.Value(loadControlKey{}).(*loadControl); ok && d > 0 {
+		c.ttl.Store(int64(d))
+	}
+}
+
+// DontStore, called by a loader with the context it was given, makes the
+// values it returns go to its callers without being stored: a partial or
+// degraded answer that the next read should load again. A ctx that is not
+// a loader's does nothing. For a batch loader it applies to every value of
+// the call.
+func DontStore(ctx context.Context) {
+	if c, ok := ctx.Value(loadControlKey{}).(*loadControl); ok {
+		c.dontStore.Store(true)
 	}
 }
 

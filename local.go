@@ -24,9 +24,11 @@ import (
 // pub/sub message sent once the Redis work is done. Until that message
 // arrives (milliseconds), another instance may still answer from its local
 // copy: the local tier trades the strict no-stale-read guarantee of the
-// Redis tier for speed, within that delay. A Manager whose subscription
-// drops clears its local tier (it cannot know what it missed) and
-// subscribes again.
+// Redis tier for speed, within that delay. The tier serves and keeps
+// copies only while the Manager's subscription is up: it starts empty and
+// unused until Redis confirms the first subscription, and a Manager whose
+// subscription drops clears it (it cannot know what it missed) and leaves
+// it unused until it has subscribed again.
 //
 // Each change to the tier moves an epoch; a read that put a value in the
 // tier takes it out again when the epoch moved since the read began, so an
@@ -51,6 +53,7 @@ type localTier struct {
 	c       *otter.Cache[string, localEntry]
 	ttl     time.Duration
 	epoch   atomic.Uint64 // moved by every drop and clear
+	ready   atomic.Bool   // the subscription is up: the tier may serve and keep copies
 	channel string
 	id      string // this Manager's, to skip its own messages
 
@@ -79,6 +82,9 @@ func newLocalTier(o LocalOptions, channel string) *localTier {
 // localGet returns the local copy of key, if there is a fresh one of type T.
 func localGet[T any](m *Manager, st *counters, key string) (T, bool) {
 	var zero T
+	if !m.local.ready.Load() {
+		return zero, false
+	}
 	e, ok := m.local.c.GetIfPresent(key)
 	if !ok {
 		return zero, false
@@ -103,7 +109,7 @@ func (m *Manager) localPut(key string, v any, freshUntil int64, e0 uint64) {
 	if freshUntil > 0 && freshUntil < until {
 		until = freshUntil
 	}
-	if until <= now || m.local.epoch.Load() != e0 {
+	if until <= now || m.local.epoch.Load() != e0 || !m.local.ready.Load() {
 		return
 	}
 	m.local.c.Set(key, localEntry{val: v, until: until})
@@ -201,6 +207,7 @@ func (m *Manager) subscribe() {
 		}
 		if err != nil {
 			// Messages may be lost while the subscription is down.
+			t.ready.Store(false)
 			t.drop(true, nil)
 			m.flights.detachAll()
 			if sleep(m.life, backoff) != nil {
@@ -215,8 +222,11 @@ func (m *Manager) subscribe() {
 			if x.Kind == "subscribe" {
 				if subscribed {
 					t.resubscriptions.Add(1)
-					t.drop(true, nil)
 				}
+				// Nothing kept before now was covered by the subscription.
+				t.drop(true, nil)
+				m.flights.detachAll()
+				t.ready.Store(true)
 				subscribed = true
 			}
 		case *redis.Message:
@@ -233,6 +243,10 @@ func (m *Manager) subscribe() {
 
 // LocalStats count the local tier's work.
 type LocalStats struct {
+	// Subscribed says the tier is in use: the Manager's subscription to
+	// the fleet's invalidations is up. Until then, and while it is down,
+	// reads go to Redis.
+	Subscribed      bool
 	Entries         int    // entries held now (an estimate)
 	Evictions       uint64 // entries evicted for room
 	Clears          uint64 // times the whole tier was dropped
@@ -246,6 +260,7 @@ func (t *localTier) snapshot() LocalStats {
 		return LocalStats{}
 	}
 	return LocalStats{
+		Subscribed:      t.ready.Load(),
 		Entries:         t.c.EstimatedSize(),
 		Evictions:       t.evictions.Load(),
 		Clears:          t.clears.Load(),

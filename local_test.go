@@ -16,7 +16,7 @@ func localManager(t *testing.T, srv *testredis.Server, clock *testClock) *Manage
 	t.Helper()
 	m, err := New(srv.Client(t), &Options{Prefix: "test", Now: clock.Now, Local: &LocalOptions{TTL: time.Minute}})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 	return m
 }
 
@@ -28,7 +28,7 @@ func waitSubscribed(t *testing.T, ms ...*Manager) {
 		require.Eventually(t, func() bool {
 			n, err := m.Client().PubSubNumSub(t.Context(), m.local.channel).Result()
 			return err == nil && n[m.local.channel] >= int64(len(ms))
-		}, 5*time.Second, time.Millisecond)
+		}, testredis.Timeout, time.Millisecond, "every Manager's subscription to the invalidation channel")
 	}
 }
 
@@ -66,17 +66,17 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 			require.Eventually(t, func() bool {
 				v, err := mb.Get(ctx, q)
 				return err == nil && v == version.Load()
-			}, 100*time.Millisecond, time.Millisecond, "b sees the invalidation of %v", target)
+			}, testredis.Timeout, time.Millisecond, "b to see the invalidation of %v", target)
 		case targetTag, targetKey:
 			require.Eventually(t, func() bool {
 				_, ok := localGet[int64](b, b.kv, b.entryKey("k"))
 				return !ok
-			}, 100*time.Millisecond, time.Millisecond, "b's copy of k is dropped by %v", target)
+			}, testredis.Timeout, time.Millisecond, "b's copy of k to be dropped by %v", target)
 		case targetField:
 			require.Eventually(t, func() bool {
 				_, ok := localGet[int64](b, h.st, localKey(h.ref("f")))
 				return !ok
-			}, 100*time.Millisecond, time.Millisecond, "b's copy of the field is dropped")
+			}, testredis.Timeout, time.Millisecond, "b's copy of the field to be dropped")
 		}
 		t.Logf("%v reached the other Manager in %v", target, time.Since(start).Round(10*time.Microsecond))
 	}
@@ -91,7 +91,7 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v, err := GetOrLoad(ctx, a, "menu", func(context.Context) (string, error) { return "", nil })
 		return err == nil && v == "v2"
-	}, 100*time.Millisecond, time.Millisecond)
+	}, testredis.Timeout, time.Millisecond, "a's copy to be dropped by b's write")
 }
 
 func TestLocalTierResubscribes(t *testing.T) {
@@ -107,7 +107,8 @@ func TestLocalTierResubscribes(t *testing.T) {
 	// Kill every pub/sub connection on the server: b cannot know what it
 	// misses while it is away, so it clears its tier and subscribes again.
 	require.NoError(t, srv.Client(t).Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err())
-	require.Eventually(t, func() bool { return b.Stats().Local.Resubscriptions >= 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return b.Stats().Local.Resubscriptions >= 1 }, testredis.Timeout, time.Millisecond,
+		"b to subscribe again after its connection was killed")
 	assert.Zero(t, b.local.c.EstimatedSize(), "the local tier was cleared")
 	assert.Positive(t, b.Stats().Local.Clears)
 
@@ -116,7 +117,8 @@ func TestLocalTierResubscribes(t *testing.T) {
 	_, err = GetOrLoad(ctx, b, "k", func(context.Context) (int, error) { return 1, nil })
 	require.NoError(t, err)
 	require.NoError(t, a.Invalidate(ctx, Key("k")))
-	require.Eventually(t, func() bool { return b.local.c.EstimatedSize() == 0 }, 100*time.Millisecond, time.Millisecond)
+	require.Eventually(t, func() bool { return b.local.c.EstimatedSize() == 0 }, testredis.Timeout, time.Millisecond,
+		"b's copy to be dropped by a's invalidation")
 }
 
 func TestLocalTierNeverOutlivesRedis(t *testing.T) {

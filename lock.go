@@ -37,11 +37,21 @@ type Lock struct {
 }
 
 // Name returns the name the lock was obtained under.
-func (l *Lock) Name() string { return l.name }
+func (l *Lock) Name() string {
+	if l == nil {
+		return ""
+	}
+	return l.name
+}
 
 // Token returns the lock's random token, which the lock key holds while
 // this Lock holds it.
-func (l *Lock) Token() string { return l.token }
+func (l *Lock) Token() string {
+	if l == nil {
+		return ""
+	}
+	return l.token
+}
 
 // Fence returns the lock's fencing token: a number that strictly increases
 // with every grant of the lock's name, across every process and Manager
@@ -64,12 +74,20 @@ func (l *Lock) Token() string { return l.token }
 // An update that touches no row came from a holder whose lease had ended:
 // the work must stop there. A resource that keeps one fence for several
 // writes of one grant compares with <= instead of <.
-func (l *Lock) Fence() int64 { return l.fence }
+func (l *Lock) Fence() int64 {
+	if l == nil {
+		return 0
+	}
+	return l.fence
+}
 
 // Refresh extends the lock's lease to ttl from now. It returns ErrLockLost
 // when the lock is no longer held with this Lock's token: it expired, was
 // released, or another holder has it now.
 func (l *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
+	if l == nil {
+		return errNilLock
+	}
 	if err := l.m.check(ctx); err != nil {
 		return err
 	}
@@ -83,6 +101,9 @@ func (l *Lock) Refresh(ctx context.Context, ttl time.Duration) error {
 // TTL returns the time left on the lock's lease. It returns ErrLockLost
 // when the lock is no longer held with this Lock's token.
 func (l *Lock) TTL(ctx context.Context) (time.Duration, error) {
+	if l == nil {
+		return 0, errNilLock
+	}
 	if err := l.m.check(ctx); err != nil {
 		return 0, err
 	}
@@ -100,7 +121,7 @@ func (l *Lock) refresh(ctx context.Context, ms int64) (int64, error) {
 	n, err := l.m.eval(ctx, l.m.locks, scripts.LockRefresh, l.keys[:1], l.token, ms).Int64()
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("cache: lock %q: %w", l.name, err)
+		return 0, wrap(err, "lock %q", l.name)
 	case n == -2:
 		return 0, l.lost()
 	}
@@ -112,20 +133,29 @@ func (l *Lock) refresh(ctx context.Context, ms int64) (int64, error) {
 // holds it, and returns ErrLockLost otherwise: the lease expired (then
 // someone else may have held the lock while this holder worked), or the
 // lock was already released. Release still works after the Manager is
-// closed, so that a deferred Release during shutdown frees the lock.
+// closed, so that a deferred Release during shutdown frees the lock. On
+// the nil *Lock of a Lock or TryLock that failed, Release (as Refresh and
+// TTL) returns an error matching ErrNotObtained rather than panicking.
 func (l *Lock) Release(ctx context.Context) error {
+	if l == nil {
+		return errNilLock
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, l.keys[:1], l.token).Int64()
 	switch {
 	case err != nil:
-		return fmt.Errorf("cache: lock %q: %w", l.name, err)
+		return wrap(err, "lock %q", l.name)
 	case n == 0:
 		return l.lost()
 	}
 	return nil
 }
+
+// errNilLock is the error of a method called on the nil *Lock that a
+// failed Lock or TryLock returns, as in the idiom defer lock.Release(ctx).
+var errNilLock = fmt.Errorf("%w: the Lock is nil (Lock or TryLock failed)", ErrNotObtained)
 
 // lost returns the error of a call that found the lock no longer held with
 // l's token.
@@ -414,7 +444,7 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 	var timer *time.Timer
 	for n := 1; ; n++ {
 		if err := ctx.Err(); err != nil {
-			return nil, time.Time{}, errors.Join(ErrNotObtained, err)
+			return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, err)
 		}
 		sent := time.Now()
 		fence, err := m.eval(ctx, m.locks, scripts.LockObtain, l.keys, l.token, ms).Int64()
@@ -425,9 +455,9 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 				m.abandon(l)
 			}
 			if ctx.Err() != nil {
-				return nil, time.Time{}, errors.Join(ErrNotObtained, ctx.Err())
+				return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, ctx.Err())
 			}
-			return nil, time.Time{}, fmt.Errorf("cache: lock %q: %w", name, err)
+			return nil, time.Time{}, wrap(err, "lock %q", name)
 		}
 		if fence > 0 {
 			l.fence = fence
@@ -451,7 +481,7 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, time.Time{}, errors.Join(ErrNotObtained, ctx.Err())
+			return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, ctx.Err())
 		}
 	}
 }

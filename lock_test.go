@@ -19,31 +19,6 @@ import (
 	"github.com/stockpot-go/cache/internal/testredis"
 )
 
-// lockWaitFor polls cond every few milliseconds until it holds, failing t when
-// it does not within 10s.
-func lockWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// lockRecv returns the value from ch, failing t when none comes within 10s.
-func lockRecv[T any](t *testing.T, what string, ch <-chan T) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
 // lostWhileRunning runs WithLock on m with a fn that sends its lock's fence
 // on entered, then waits for its context to end and returns the context's
 // cause. It returns entered and a channel that receives WithLock's error
@@ -57,17 +32,26 @@ func lostWhileRunning(t *testing.T, m *Manager, name string, ttl time.Duration) 
 		err := m.WithLock(t.Context(), name, ttl, func(ctx context.Context) error {
 			l, _ := LockFromContext(ctx)
 			entered <- l.Fence()
-			select {
-			case <-ctx.Done():
-				cause = context.Cause(ctx)
-				return ctx.Err()
-			case <-time.After(10 * time.Second):
-				return errors.New("fn's context was not cancelled")
-			}
+			cause = awaitCancel(ctx)
+			return ctx.Err()
 		})
 		out <- [2]error{err, cause}
 	}()
 	return entered, out
+}
+
+// awaitCancel waits, in a WithLock fn, for fn's context to end, and returns
+// its cause; or, when it has not ended within testredis.Timeout, an error
+// that says so.
+func awaitCancel(ctx context.Context) error {
+	t := time.NewTimer(testredis.Timeout)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return fmt.Errorf("fn's context was not cancelled within %v", testredis.Timeout)
+	}
 }
 
 func TestLockBasics(t *testing.T) {
@@ -76,6 +60,7 @@ func TestLockBasics(t *testing.T) {
 		rdb := b.Client(t)
 		ctx := t.Context()
 
+		wrote := time.Now()
 		l, err := m.TryLock(ctx, "order:42", 10*time.Second)
 		require.NoError(t, err)
 		assert.Equal(t, "order:42", l.Name())
@@ -91,7 +76,7 @@ func TestLockBasics(t *testing.T) {
 
 		left, err := l.TTL(ctx)
 		require.NoError(t, err)
-		assert.True(t, left > 9*time.Second && left <= 10*time.Second, "TTL %v", left)
+		assertTTL(t, 10*time.Second, left, wrote, "the lock's lease")
 		require.NoError(t, l.Refresh(ctx, time.Minute))
 		left, err = l.TTL(ctx)
 		require.NoError(t, err)
@@ -125,9 +110,11 @@ func TestLockKeysEscaped(t *testing.T) {
 	})
 }
 
-// TestLockMutualExclusion has 100 goroutines on 4 Managers (4 connection
+// TestLockMutualExclusion has 20 goroutines on 4 Managers (4 connection
 // pools) take one lock 5 times each: never two at once, and every fence is
-// above the one before.
+// above the one before. (More contenders add nothing but load: on
+// miniredis, whose scripts run in an interpreter, 100 of them polling the
+// lock kept a race-detector build busy for half a minute.)
 func TestLockMutualExclusion(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
@@ -135,7 +122,7 @@ func TestLockMutualExclusion(t *testing.T) {
 		for i := range managers {
 			managers[i] = e.manager(nil)
 		}
-		const workers, rounds = 100, 5
+		const workers, rounds = 20, 5
 
 		var (
 			inside  atomic.Int32
@@ -172,7 +159,7 @@ func TestLockMutualExclusion(t *testing.T) {
 				}
 			})
 		}
-		wg.Wait()
+		testredis.Wait(t, &wg, "20 workers to take the lock 5 times each")
 		close(errs)
 		for err := range errs {
 			require.NoError(t, err)
@@ -209,6 +196,7 @@ func TestLockReleaseByFormerHolder(t *testing.T) {
 		first, err := m1.TryLock(ctx, "order:7", time.Second)
 		require.NoError(t, err)
 		b.FastForward(t, 2*time.Second)
+		wrote := time.Now()
 		second, err := m2.TryLock(ctx, "order:7", 10*time.Second)
 		require.NoError(t, err)
 		assert.Greater(t, second.Fence(), first.Fence())
@@ -217,7 +205,7 @@ func TestLockReleaseByFormerHolder(t *testing.T) {
 		assert.ErrorIs(t, first.Refresh(ctx, time.Minute), ErrLockLost)
 		left, err := second.TTL(ctx)
 		require.NoError(t, err, "the second holder still holds the lock")
-		assert.Greater(t, left, 9*time.Second, "and its lease is untouched")
+		assertTTL(t, 10*time.Second, left, wrote, "and its lease is untouched")
 		_, err = m1.TryLock(ctx, "order:7", time.Second)
 		assert.ErrorIs(t, err, ErrNotObtained)
 		require.NoError(t, second.Release(ctx))
@@ -231,14 +219,16 @@ func TestLockObtainSameTokenAgain(t *testing.T) {
 
 		// An obtain whose reply was lost is tried again with the same token:
 		// it gets the lock, and the fence, of the first attempt.
-		l, err := m.TryLock(ctx, "order:9", time.Second)
+		// (A minute, so that a real server's clock does not end it first.)
+		l, err := m.TryLock(ctx, "order:9", time.Minute)
 		require.NoError(t, err)
+		wrote := time.Now()
 		fence, err := scripts.LockObtain.Run(ctx, m.rdb, l.keys, l.token, 5000).Int64()
 		require.NoError(t, err)
 		assert.Equal(t, l.Fence(), fence)
 		left, err := l.TTL(ctx)
 		require.NoError(t, err)
-		assert.Greater(t, left, 4*time.Second, "the lease was renewed")
+		assertTTL(t, 5*time.Second, left, wrote, "the lease was renewed for the second attempt's 5s")
 
 		other, err := scripts.LockObtain.Run(ctx, m.rdb, l.keys, "another token", 5000).Int64()
 		require.NoError(t, err)
@@ -274,7 +264,7 @@ func TestLockRetry(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		ctx := t.Context()
 
 		held, err := holder.TryLock(ctx, "oven", time.Minute)
@@ -309,9 +299,10 @@ func TestLockRetry(t *testing.T) {
 			}
 			got <- err
 		}()
-		lockWaitFor(t, "the waiter to try", func() bool { return f.calls(scripts.LockObtain) >= 8 })
+		require.Eventually(t, func() bool { return f.calls(scripts.LockObtain) >= 8 }, testredis.Timeout, time.Millisecond,
+			"the waiter to try the held lock a few times")
 		require.NoError(t, held.Release(ctx))
-		require.NoError(t, lockRecv(t, "the waiter", got))
+		require.NoError(t, testredis.Recv(t, got, "the waiter to get the released lock"))
 	})
 }
 
@@ -374,7 +365,7 @@ func TestWithLock(t *testing.T) {
 		cctx, cancel := context.WithCancel(ctx)
 		err = m.WithLock(cctx, "order:42", time.Second, func(ctx context.Context) error {
 			cancel()
-			<-ctx.Done()
+			testredis.Recv(t, ctx.Done(), "fn's context to end with the caller's")
 			return ctx.Err()
 		})
 		assert.ErrorIs(t, err, context.Canceled)
@@ -401,17 +392,29 @@ func TestWithLockRefreshes(t *testing.T) {
 		rdb := b.Client(t)
 		ctx := t.Context()
 		key := m.lockKey("oven")
-		const ttl = 600 * time.Millisecond
+		const (
+			ttl  = 3 * time.Second         // refreshed every second
+			step = 1200 * time.Millisecond // what each FastForward takes off the lease
+			// fresh is more than a FastForward leaves (ttl-step), so a
+			// lease with more than fresh left was refreshed since; and a
+			// FastForward then leaves it more than fresh-step (1.6s), which
+			// the next refresh, due within a second, has ample time to beat
+			// on a busy machine.
+			fresh = ttl - 200*time.Millisecond
+		)
+		refreshed := func() {
+			t.Helper()
+			require.Eventually(t, func() bool {
+				pttl, err := rdb.PTTL(ctx, key).Result()
+				return err == nil && pttl > fresh
+			}, testredis.Timeout, time.Millisecond, "a refresh of the lease")
+		}
 
 		err := m.WithLock(ctx, "oven", ttl, func(ctx context.Context) error {
-			for range 3 {
-				// Refreshes come every 200ms, so the lease has at least
-				// 100ms left after this.
-				b.FastForward(t, ttl/2)
-				lockWaitFor(t, "a refresh", func() bool {
-					pttl, err := rdb.PTTL(ctx, key).Result()
-					return err == nil && pttl > ttl/2
-				})
+			refreshed()
+			for range 3 { // 3.6s in all, more than the lease's 3s
+				b.FastForward(t, step)
+				refreshed()
 			}
 			return ctx.Err()
 		})
@@ -425,9 +428,9 @@ func TestWithLockLostWhenKeyDeleted(t *testing.T) {
 		rdb := b.Client(t)
 
 		entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
+		testredis.Recv(t, entered, "fn to start")
 		require.NoError(t, rdb.Del(t.Context(), m.lockKey("order:42")).Err())
-		res := lockRecv(t, "WithLock to return", out)
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[0], ErrLockLost)
 		assert.ErrorIs(t, res[0], context.Canceled, "fn's error is joined")
@@ -440,12 +443,12 @@ func TestWithLockLostWhenLeaseExpires(t *testing.T) {
 		other := newEnv(t, b).manager(nil)
 
 		entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
+		testredis.Recv(t, entered, "fn to start")
 		b.FastForward(t, time.Second)
 		// Someone else takes the lock before the next refresh, or not:
 		// either way the refresher finds it is no longer its own.
 		l, err := other.TryLock(t.Context(), "order:42", time.Minute)
-		res := lockRecv(t, "WithLock to return", out)
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[0], ErrLockLost)
 		if err == nil {
@@ -470,11 +473,13 @@ type lockFaults struct {
 var errLockFault = errors.New("injected fault")
 
 // lockFaultyClient returns a new client on b whose faults the returned
-// lockFaults injects.
+// lockFaults injects. The client is connected (on a cluster, it has loaded
+// the slot map), so that a test's first lock does not pay for that.
 func lockFaultyClient(t *testing.T, b *testredis.Backend) (redis.UniversalClient, *lockFaults) {
 	t.Helper()
 	f := &lockFaults{fail: map[string]bool{}, lose: map[string]bool{}, n: map[string]int{}}
 	rdb := b.Client(t)
+	require.NoError(t, rdb.Ping(t.Context()).Err())
 	rdb.AddHook(f)
 	return rdb, f
 }
@@ -540,7 +545,7 @@ func TestLockRedisErrors(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		ctx := t.Context()
 
 		f.set(scripts.LockObtain, true)
@@ -581,7 +586,7 @@ func TestLockObtainReplyLost(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		other := newEnv(t, b).manager(nil)
 		l, err := m.TryLock(t.Context(), "warm", time.Second) // loads the script
 		require.NoError(t, err)
@@ -590,10 +595,10 @@ func TestLockObtainReplyLost(t *testing.T) {
 		f.loseReply(scripts.LockObtain, true)
 		_, err = m.TryLock(t.Context(), "oven", time.Hour)
 		assert.ErrorIs(t, err, errLockFault)
-		lockWaitFor(t, "the lock to be given back", func() bool {
+		require.Eventually(t, func() bool {
 			l, err := other.TryLock(t.Context(), "oven", time.Second)
 			return err == nil && l.Release(t.Context()) == nil
-		})
+		}, testredis.Timeout, time.Millisecond, "the lock to be given back")
 	})
 }
 
@@ -602,12 +607,17 @@ func TestWithLockLostWhenRefreshesFail(t *testing.T) {
 		rdb, f := lockFaultyClient(t, b)
 		m, err := New(rdb, &Options{Prefix: "test"})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 
 		f.set(scripts.LockRefresh, true)
-		entered, out := lostWhileRunning(t, m, "oven", 300*time.Millisecond)
-		lockRecv(t, "fn to start", entered)
-		res := lockRecv(t, "WithLock to return", out)
+		// The refresher tries after ttl/3, and again every ttl/12 once a
+		// refresh fails, until the lease (counted from when the obtain was
+		// sent) runs out: a 3s lease leaves room for a second try even if
+		// the obtain and the first try come more than a second late, as
+		// they did with a 300ms, then a 2s lease on a busy machine.
+		entered, out := lostWhileRunning(t, m, "oven", 3*time.Second)
+		testredis.Recv(t, entered, "fn to start")
+		res := testredis.Recv(t, out, "WithLock to return")
 		assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 		assert.ErrorIs(t, res[1], errLockFault, "the cause tells why")
 		assert.ErrorIs(t, res[0], ErrLockLost)
@@ -621,21 +631,21 @@ func TestWithLockRedisRestart(t *testing.T) {
 	srv := testredis.Start(t)
 	m, err := New(srv.Client(t), &Options{Prefix: "test"})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 
 	entered, out := lostWhileRunning(t, m, "order:42", 300*time.Millisecond)
-	fence := lockRecv(t, "fn to start", entered)
+	fence := testredis.Recv(t, entered, "fn to start")
 	srv.Kill()
-	res := lockRecv(t, "WithLock to return", out)
+	res := testredis.Recv(t, out, "WithLock to return")
 	assert.ErrorIs(t, res[1], ErrLockLost, "fn's context cause")
 	assert.ErrorIs(t, res[0], ErrLockLost)
 
 	srv.Restart()
 	var l *Lock
-	lockWaitFor(t, "a lock after the restart", func() bool {
+	require.Eventually(t, func() bool {
 		l, err = m.TryLock(t.Context(), "order:42", time.Second)
 		return err == nil
-	})
+	}, testredis.Timeout, time.Millisecond, "a lock after the restart")
 	assert.Greater(t, l.Fence(), fence, "the fence does not go back though Redis lost its counter")
 	require.NoError(t, l.Release(t.Context()))
 }
@@ -686,7 +696,7 @@ func TestLockAfterClose(t *testing.T) {
 
 		l, err := m.TryLock(ctx, "oven", time.Minute)
 		require.NoError(t, err)
-		require.NoError(t, m.Close())
+		closeWithin(t, m)
 
 		_, err = m.Lock(ctx, "other", time.Second)
 		assert.ErrorIs(t, err, ErrClosed)
@@ -712,6 +722,7 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 		client := b.Client(t)
 		m, err := New(client, &Options{Prefix: "test"})
 		require.NoError(t, err)
+		t.Cleanup(func() { closeWithin(t, m) })
 
 		const n = 5
 		var entered sync.WaitGroup
@@ -720,27 +731,28 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 		for i := range n {
 			go func() {
 				var cause error
-				err := m.WithLock(ctx, fmt.Sprintf("oven:%d", i), 300*time.Millisecond, func(ctx context.Context) error {
+				// A lease that cannot run out before Close, however late its
+				// refreshes come.
+				err := m.WithLock(ctx, fmt.Sprintf("oven:%d", i), time.Minute, func(ctx context.Context) error {
 					entered.Done()
-					<-ctx.Done()
-					cause = context.Cause(ctx)
+					cause = awaitCancel(ctx)
 					return ctx.Err()
 				})
 				out <- [2]error{err, cause}
 			}()
 		}
-		entered.Wait()
-		require.NoError(t, m.Close())
+		testredis.Wait(t, &entered, "5 WithLock calls to run their fn")
+		closeWithin(t, m)
 		assert.False(t, refresherRunning(), "a refresher outlived Close")
 
 		for range n {
-			res := lockRecv(t, "WithLock to return", out)
+			res := testredis.Recv(t, out, "WithLock to return")
 			assert.ErrorIs(t, res[1], ErrClosed, "fn's context cause")
 			assert.ErrorIs(t, res[0], ErrClosed)
 		}
 		assert.Empty(t, allKeys(t, rdb, "test:{lock:*}"), "the locks were released")
 		require.NoError(t, client.Close())
-		lockWaitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+		goroutinesBack(t, before)
 	})
 }
 

@@ -2,11 +2,7 @@ package cache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"strconv"
 )
 
 // Memo is a memoized function: its results are cached per argument. Make
@@ -16,11 +12,14 @@ type Memo[A, R any] struct {
 	name string
 	memoKeys
 	fn func(context.Context, A) (R, error)
+	// batch is the function of MemoizeBatch; nil for Memoize.
+	batch func(context.Context, []A) ([]R, error)
 	// tagsFor gives an argument's tags, from TagsFor; nil for none.
 	tagsFor func(A) []string
-	s       settings
-	st      *counters
-	err     error // an invalid name, function or option, returned by every call
+	// keyBy gives an argument's key text, from KeyBy; nil for argKey's.
+	keyBy func(A) string
+	s     settings
+	st    *counters
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -28,30 +27,51 @@ type Memo[A, R any] struct {
 // cached for the TTL opts give.
 //
 // The argument is a key: two equal arguments give one entry, two different
-// ones two entries, in every process. Arguments are encoded canonically as
-// JSON (structs by their exported fields, maps with sorted keys); long
-// encodings are hashed with SHA-256. Fields that JSON leaves out
-// (unexported, or tagged "-") are not part of the key.
+// ones two entries, in every process. Equal means: strings and byte slices
+// with the same bytes, numbers of the same value (0 and -0 are equal, and
+// so are all NaNs), times of the same instant (whatever their zone), nil
+// and empty slices or maps, pointers to equal values, interfaces holding
+// equal values of one dynamic type, and structs whose fields are all equal,
+// exported or not, but for fields tagged `cache:"-"`. Arguments are encoded
+// canonically, long encodings hashed with SHA-256; one that holds a func,
+// a channel or a cycle is refused with ErrInvalidKey. KeyBy gives a memo
+// keys of the caller's own instead.
 //
 // All of a memo's entries live in one Redis Cluster hash slot, with the
 // generation that ForgetAll moves: that is what makes ForgetAll a single
 // command. A memo with a very large number of entries therefore sits on
 // one node of a cluster.
+//
+// Memoize panics, with an error matching ErrInvalidKey or ErrInvalidOption,
+// on an empty name, a nil fn, or an option that is invalid (TagsFor of a
+// function of another argument type, say): a memo is made once, at
+// start-up, where a mistake is best found at once, as regexp.MustCompile
+// does.
 func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, error), opts ...Option) *Memo[A, R] {
-	mm := &Memo[A, R]{m: m, name: name, fn: fn, s: m.settle(opts)}
-	mm.err = mm.s.err
+	mm := &Memo[A, R]{m: m, name: name, fn: fn, s: m.settle("Memoize", memoOptions, opts)}
+	err := mm.s.err
 	switch {
 	case name == "":
-		mm.err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
+		err = fmt.Errorf("%w: empty memo name", ErrInvalidKey)
 	case fn == nil:
-		mm.err = fmt.Errorf("%w: nil function for memo %q", ErrInvalidOption, name)
+		err = fmt.Errorf("%w: nil function", ErrInvalidOption)
 	}
 	if mm.s.tagsFor != nil {
 		f, ok := mm.s.tagsFor.(func(A) []string)
-		if !ok && mm.err == nil {
-			mm.err = fmt.Errorf("%w: TagsFor takes a func(%T) []string for memo %q", ErrInvalidOption, *new(A), name)
+		if !ok && err == nil {
+			err = fmt.Errorf("%w: TagsFor takes a func(%T) []string", ErrInvalidOption, *new(A))
 		}
 		mm.tagsFor = f
+	}
+	if mm.s.keyBy != nil {
+		f, ok := mm.s.keyBy.(func(A) string)
+		if !ok && err == nil {
+			err = fmt.Errorf("%w: KeyBy takes a func(%T) string", ErrInvalidOption, *new(A))
+		}
+		mm.keyBy = f
+	}
+	if err != nil {
+		panic(wrap(err, "Memoize %q", name))
 	}
 	mm.memoKeys = m.memoKeys(name)
 	mm.st = m.stats.get("memo:" + name)
@@ -69,12 +89,12 @@ func (mm *Memo[A, R]) Key(args A) (string, error) {
 
 // ref returns where args's entry lives.
 func (mm *Memo[A, R]) ref(args A) (entryRef, error) {
-	if mm.err != nil {
-		return entryRef{}, mm.err
+	if mm.keyBy != nil {
+		return mm.entryRef(userKey(mm.entryPrefix(), mm.keyBy(args))), nil
 	}
 	k, err := argKey(mm.entryPrefix(), args)
 	if err != nil {
-		return entryRef{}, fmt.Errorf("cache: memo %q: argument %T is not a key: %w", mm.name, args, err)
+		return entryRef{}, wrap(err, "memo %q: argument %T is not a key", mm.name, args)
 	}
 	return mm.entryRef(k), nil
 }
@@ -88,7 +108,7 @@ func (mm *Memo[A, R]) entry(ctx context.Context, args A) (entry, error) {
 	if err != nil {
 		return entry{}, err
 	}
-	e := entry{ref: ref, s: mm.s, st: mm.st, tags: mm.s.tags}
+	e := entry{ref: ref, s: &mm.s, st: mm.st, tags: mm.s.tags}
 	if mm.tagsFor != nil {
 		extra := mm.tagsFor(args)
 		for _, t := range extra {
@@ -115,8 +135,11 @@ func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
 
 // Refresh computes fn(ctx, args) anew and stores it over the old entry,
 // which readers keep getting until the new one is stored: there is no
-// moment at which they miss. Concurrent refreshes of one argument share one
-// computation.
+// moment at which they miss. It never returns a result computed before it
+// was called: concurrent refreshes of one argument share a computation only
+// when they were called before it began. When Redis does not store the
+// result, Refresh returns it with an error (matching ErrUnavailable when
+// Redis could not be reached): the old entry may stay.
 func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 	e, err := mm.entry(ctx, args)
 	if err != nil {
@@ -153,34 +176,3 @@ func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
 	mm.st.add(EventDelete, 1)
 	return nil
 }
-
-// argKey returns prefix followed by the canonical key text of a memo
-// argument: readable for strings and integers, its JSON (which sorts map
-// keys) for short values of other types, the SHA-256 of that JSON for long
-// ones. Each form has its own marker, so two forms never give one text.
-func argKey(prefix string, a any) (string, error) {
-	switch v := a.(type) {
-	case string:
-		if len(v) <= maxPlainArg {
-			return prefix + "s:" + v, nil
-		}
-	case int:
-		return prefix + "i:" + strconv.Itoa(v), nil
-	case int64:
-		return prefix + "i:" + strconv.FormatInt(v, 10), nil
-	case struct{}:
-		return prefix + "_", nil
-	}
-	b, err := json.Marshal(a)
-	if err != nil {
-		return "", err
-	}
-	if len(b) <= maxPlainArg {
-		return prefix + "j:" + string(b), nil
-	}
-	sum := sha256.Sum256(b)
-	return prefix + "h:" + base64.RawURLEncoding.EncodeToString(sum[:]), nil
-}
-
-// maxPlainArg is the longest argument text kept as it is in a key.
-const maxPlainArg = 96

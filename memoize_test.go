@@ -92,9 +92,9 @@ func TestLoaderPanic(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
-		release := make(chan struct{})
+		g := newGate()
 		boom := func(ctx context.Context) (int, error) {
-			if err := await(ctx, release); err != nil {
+			if err := g.pass(ctx); err != nil {
 				return 0, err
 			}
 			panic("oven on fire")
@@ -104,9 +104,10 @@ func TestLoaderPanic(t *testing.T) {
 		for i := range errs {
 			wg.Go(func() { _, errs[i] = GetOrLoad(ctx, m, "k", boom) })
 		}
-		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 19 }, 5*time.Second, time.Millisecond)
-		close(release)
-		wg.Wait()
+		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 19 }, testredis.Timeout, time.Millisecond,
+			"19 callers to join the first one's load")
+		g.open()
+		testredis.Wait(t, &wg, "the callers of the panicking load to return")
 		for _, err := range errs {
 			var pe *PanicError
 			require.ErrorAs(t, err, &pe)
@@ -134,9 +135,12 @@ func TestLoaderErrorIsNotCached(t *testing.T) {
 		ctx := t.Context()
 		errUpstream := errors.New("upstream down")
 		var calls atomic.Int32
+		g := newGate() // holds the load until every caller has joined it
 		fail := func(ctx context.Context) (string, error) {
 			calls.Add(1)
-			time.Sleep(20 * time.Millisecond) // let the others join this load
+			if err := g.pass(ctx); err != nil {
+				return "", err
+			}
 			return "", errUpstream
 		}
 		var wg sync.WaitGroup
@@ -146,21 +150,23 @@ func TestLoaderErrorIsNotCached(t *testing.T) {
 				assert.ErrorIs(t, err, errUpstream, "every waiter of the flight gets the error")
 			})
 		}
-		wg.Wait()
-		first := calls.Load()
+		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 9 }, testredis.Timeout, time.Millisecond,
+			"9 callers to join the first one's load")
+		g.open()
+		testredis.Wait(t, &wg, "the callers of the failing load to return")
+		assert.Equal(t, int32(1), calls.Load(), "10 callers of one load: one loader call")
 		v, err := GetOrLoad(ctx, m, "k", func(ctx context.Context) (string, error) { return "ok", nil })
 		require.NoError(t, err, "the error was not remembered")
 		assert.Equal(t, "ok", v)
-		assert.Less(t, first, int32(10))
 	})
 }
 
 func TestWaiterCancel(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		m := newEnv(t, b).manager(nil)
-		release := make(chan struct{})
+		g := newGate()
 		slow := func(ctx context.Context) (string, error) {
-			if err := await(ctx, release); err != nil {
+			if err := g.pass(ctx); err != nil {
 				return "", err
 			}
 			return "done", nil
@@ -173,7 +179,7 @@ func TestWaiterCancel(t *testing.T) {
 			_, err := GetOrLoad(first, m, "k", slow)
 			got <- err
 		}()
-		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].Loads == 1 }, 5*time.Second, time.Millisecond)
+		g.reached(t, "the first caller's load to start")
 		var wg sync.WaitGroup
 		for range 5 {
 			wg.Go(func() {
@@ -182,16 +188,13 @@ func TestWaiterCancel(t *testing.T) {
 				assert.Equal(t, "done", v)
 			})
 		}
-		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 5 }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 5 }, testredis.Timeout, time.Millisecond,
+			"5 callers to join the first one's load")
 		cancelFirst()
-		select {
-		case err := <-got:
-			assert.ErrorIs(t, err, context.Canceled, "a cancelled waiter returns at once")
-		case <-time.After(5 * time.Second):
-			t.Fatal("the cancelled caller did not return")
-		}
-		close(release)
-		wg.Wait()
+		err := testredis.Recv(t, got, "the cancelled caller to return while the load is held")
+		assert.ErrorIs(t, err, context.Canceled, "a cancelled waiter returns at once")
+		g.open()
+		testredis.Wait(t, &wg, "the other callers to get the load's value")
 	})
 }
 
@@ -199,38 +202,47 @@ func TestFleetStampede(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
 		var calls atomic.Int32
+		g := newGate() // holds the load until every caller waits for it
 		compute := func(ctx context.Context, q leaderboardQuery) ([]row, error) {
 			calls.Add(1)
-			time.Sleep(50 * time.Millisecond)
+			if err := g.pass(ctx); err != nil {
+				return nil, err
+			}
 			return []row{{"Mumbai-07", 391444}}, nil
 		}
 		memos := make([]*Memo[leaderboardQuery, []row], 4)
 		for i := range memos {
-			m := e.manager(nil)
-			// Connect first (on a cluster, also load the slot map), so that
-			// no Manager comes so late that the value is already stored.
-			require.NoError(t, m.Client().Ping(t.Context()).Err())
-			memos[i] = Memoize(m, "franchise_leaderboard", compute, TTL(10*time.Minute))
+			memos[i] = Memoize(e.manager(nil), "franchise_leaderboard", compute, TTL(10*time.Minute))
+		}
+		waits := func() (lease, shared uint64) {
+			for _, mm := range memos {
+				st := mm.m.Stats().ByName["memo:franchise_leaderboard"]
+				lease += st.LeaseWaits
+				shared += st.SharedWaits
+			}
+			return lease, shared
 		}
 		q := leaderboardQuery{Region: "Mumbai", Limit: 20}
 		var wg sync.WaitGroup
-		start := make(chan struct{})
 		for i := range 1000 {
 			wg.Go(func() {
-				<-start
 				rows, err := memos[i%4].Get(t.Context(), q)
 				assert.NoError(t, err)
 				assert.Len(t, rows, 1)
 			})
 		}
-		close(start)
-		wg.Wait()
+		// Each Manager's first caller leads its flight, the other 249 join
+		// it; the flights of the three Managers that did not get the lease
+		// wait on it.
+		require.Eventually(t, func() bool {
+			lease, shared := waits()
+			return lease == 3 && shared == 996
+		}, testredis.Timeout, time.Millisecond, "every caller to wait for the one load")
+		g.open()
+		testredis.Wait(t, &wg, "the 1000 callers to get the value")
 		assert.Equal(t, int32(1), calls.Load(), "4 Managers x 250 callers on one cold key: one load")
-		var leaseWaits uint64
-		for _, mm := range memos {
-			leaseWaits += mm.m.Stats().ByName["memo:franchise_leaderboard"].LeaseWaits
-		}
-		assert.Equal(t, uint64(3), leaseWaits, "the other three Managers waited on the lease")
+		lease, _ := waits()
+		assert.Equal(t, uint64(3), lease, "the other three Managers waited on the lease")
 	})
 }
 
@@ -238,57 +250,48 @@ func TestLeaseHolderClosed(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
 		a, other := e.manager(nil), e.manager(nil)
-		started := make(chan struct{})
-		hang := func(ctx context.Context) (string, error) {
-			close(started)
-			<-ctx.Done() // until its Manager closes
-			return "", ctx.Err()
-		}
+		g := newGate() // never opened: the load ends when its Manager closes
+		hang := func(ctx context.Context) (string, error) { return "", g.pass(ctx) }
 		aErr := make(chan error, 1)
 		go func() {
 			_, err := GetOrLoad(t.Context(), a, "k", hang)
 			aErr <- err
 		}()
-		<-started
+		g.reached(t, "the lease holder's load to start")
 		got := make(chan string, 1)
 		go func() {
 			v, err := GetOrLoad(t.Context(), other, "k", func(ctx context.Context) (string, error) { return "from other", nil })
 			assert.NoError(t, err)
 			got <- v
 		}()
-		require.Eventually(t, func() bool { return other.Stats().ByName["keys"].LeaseWaits == 1 }, 5*time.Second, time.Millisecond)
-		require.NoError(t, a.Close())
-		assert.ErrorIs(t, <-aErr, context.Canceled)
-		select {
-		case v := <-got:
-			assert.Equal(t, "from other", v, "the waiter took over the load")
-		case <-time.After(5 * time.Second):
-			t.Fatal("the waiter hangs after the lease holder closed")
-		}
+		require.Eventually(t, func() bool { return other.Stats().ByName["keys"].LeaseWaits == 1 }, testredis.Timeout, time.Millisecond,
+			"the other Manager to wait on the lease")
+		closeWithin(t, a)
+		assert.ErrorIs(t, testredis.Recv(t, aErr, "the lease holder's caller to return on Close"), context.Canceled)
+		v := testredis.Recv(t, got, "the waiter to take over the load after the lease holder closed")
+		assert.Equal(t, "from other", v, "the waiter took over the load")
 	})
 }
 
 func TestLeaseHolderDied(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
-		m := e.manager(&Options{LeaseTTL: 3 * time.Second})
+		// A lease long enough that a real server's clock does not end it
+		// before the test moves it on.
+		m := e.manager(&Options{LeaseTTL: time.Minute})
 		ctx := t.Context()
 		// A holder that died without releasing: its lease is there, nobody renews it.
-		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").withLease().lease, "dead-holder", 3*time.Second).Err())
+		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").withLease().lease, "dead-holder", time.Minute).Err())
 		got := make(chan string, 1)
 		go func() {
 			v, err := GetOrLoad(ctx, m, "k", func(ctx context.Context) (string, error) { return "loaded", nil })
 			assert.NoError(t, err)
 			got <- v
 		}()
-		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].LeaseWaits == 1 }, 5*time.Second, time.Millisecond)
-		e.advance(4 * time.Second) // the dead holder's lease expires
-		select {
-		case v := <-got:
-			assert.Equal(t, "loaded", v)
-		case <-time.After(5 * time.Second):
-			t.Fatal("nobody took over the expired lease")
-		}
+		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].LeaseWaits == 1 }, testredis.Timeout, time.Millisecond,
+			"the caller to wait on the dead holder's lease")
+		e.advance(61 * time.Second) // the dead holder's lease expires
+		assert.Equal(t, "loaded", testredis.Recv(t, got, "the caller to take over the expired lease"))
 	})
 }
 
@@ -338,7 +341,7 @@ func TestNoStaleSetAfterForget(t *testing.T) {
 				time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
 			}
 		})
-		wg.Wait()
+		testredis.Wait(t, &wg, "the readers and the forgetter to stop at the deadline")
 		assert.Zero(t, stale.Load())
 		var voided, loads uint64
 		for _, mm := range memos {
@@ -356,13 +359,11 @@ func TestForgetVoidsLoadInFlight(t *testing.T) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
 		var version atomic.Int64
-		inLoad := make(chan struct{}, 1)
-		proceed := make(chan struct{})
+		g := newGate()
 		mm := Memoize(m, "menu", func(ctx context.Context, item string) (int64, error) {
 			v := version.Load()
 			if v == 0 {
-				inLoad <- struct{}{}
-				if err := await(ctx, proceed); err != nil {
+				if err := g.pass(ctx); err != nil {
 					return 0, err
 				}
 			}
@@ -374,11 +375,11 @@ func TestForgetVoidsLoadInFlight(t *testing.T) {
 			assert.NoError(t, err)
 			first <- v
 		}()
-		<-inLoad
+		g.reached(t, "the load of version 0 to start")
 		version.Store(1)
 		require.NoError(t, mm.Forget(ctx, "kulfi"))
-		close(proceed)
-		assert.Equal(t, int64(0), <-first, "the caller whose call overlapped Forget gets its load")
+		g.open()
+		assert.Equal(t, int64(0), testredis.Recv(t, first, "the first caller's value"), "the caller whose call overlapped Forget gets its load")
 		v, err := mm.Get(ctx, "kulfi")
 		require.NoError(t, err)
 		assert.Equal(t, int64(1), v, "the value loaded before Forget was not stored")
@@ -395,10 +396,12 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 			calls.Add(1)
 			return q.Limit, nil
 		})
-		// 100k entries, written straight to Redis in the memo's format.
+		// 100k entries, written straight to Redis in the memo's format,
+		// under the memo's generation.
 		const n = 100_000
 		rdb := m.Client()
-		payload, err := m.encode(7, envelope.Header{WrittenAt: m.now().UnixMilli()})
+		require.NoError(t, rdb.Set(ctx, mm.gen, "77", 0).Err())
+		payload, err := m.encode(7, envelope.Header{WrittenAt: m.now().UnixMilli(), Gen: 77})
 		require.NoError(t, err)
 		for start := 0; start < n; start += 5000 {
 			_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -423,7 +426,7 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 		counted.AddHook(counter)
 		cm, err := New(counted, &Options{Prefix: "test", Now: m.now})
 		require.NoError(t, err)
-		defer cm.Close()
+		t.Cleanup(func() { closeWithin(t, cm) })
 		scriptsLoaded(t, cm)
 		counter.n.Store(0) // New loads the scripts
 		cmm := Memoize(cm, "leaderboard", mm.fn)
@@ -479,14 +482,12 @@ func TestRefreshHasNoGap(t *testing.T) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
 		var version atomic.Int64
-		gate := make(chan struct{})
+		g := newGate()
 		var gated atomic.Bool
 		mm := Memoize(m, "summary", func(ctx context.Context, _ struct{}) (int64, error) {
 			if gated.Load() {
-				select {
-				case <-gate:
-				case <-ctx.Done():
-					return 0, ctx.Err()
+				if err := g.pass(ctx); err != nil {
+					return 0, err
 				}
 			}
 			return version.Load(), nil
@@ -503,14 +504,14 @@ func TestRefreshHasNoGap(t *testing.T) {
 			assert.NoError(t, err)
 			refreshed <- v
 		}()
-		require.Eventually(t, func() bool { return m.Stats().ByName["memo:summary"].Loads == 2 }, 5*time.Second, time.Millisecond)
+		g.reached(t, "the refresh's load to start")
 		for range 50 {
 			v, err := mm.Get(ctx, struct{}{})
 			require.NoError(t, err, "readers never miss while a refresh runs")
 			assert.Equal(t, int64(0), v)
 		}
-		close(gate)
-		assert.Equal(t, int64(1), <-refreshed)
+		g.open()
+		assert.Equal(t, int64(1), testredis.Recv(t, refreshed, "the refresh's value"))
 		v, err = mm.Get(ctx, struct{}{})
 		require.NoError(t, err)
 		assert.Equal(t, int64(1), v)
@@ -524,7 +525,7 @@ func TestMemoKeys(t *testing.T) {
 	_, rdb := testredis.Mini(t)
 	m, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	fn := func(ctx context.Context, a map[string]int) (int, error) { return 0, nil }
 	mm := Memoize(m, "agg", fn)
 	a := map[string]int{}
@@ -552,7 +553,7 @@ func TestMemoKeys(t *testing.T) {
 	seen := map[string]q{}
 	for _, arg := range []q{
 		{}, {Region: "Mumbai"}, {Region: "Mumbai", Limit: 20}, {Region: "Mumbai", Limit: 2},
-		{Region: "Mumbai2"}, {Tags: []string{}}, {Tags: []string{"a"}}, {Tags: []string{"a", ""}},
+		{Region: "Mumbai2"}, {Tags: []string{""}}, {Tags: []string{"a"}}, {Tags: []string{"a", ""}},
 		{Region: strings.Repeat("x", 500)}, {Region: strings.Repeat("x", 501)},
 	} {
 		k, err := sq.Key(arg)
@@ -568,7 +569,7 @@ func TestMemoKeys(t *testing.T) {
 	// Across Managers (processes) with one prefix, one argument is one key.
 	m2, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer m2.Close()
+	t.Cleanup(func() { closeWithin(t, m2) })
 	k1, _ := sq.Key(q{Region: "Pune", Limit: 3})
 	k2, _ := Memoize(m2, "q", sq.fn).Key(q{Region: "Pune", Limit: 3})
 	assert.Equal(t, k1, k2)
@@ -583,16 +584,12 @@ func TestMemoBadInput(t *testing.T) {
 	_, rdb := testredis.Mini(t)
 	m, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	fn := func(ctx context.Context, s string) (int, error) { return 1, nil }
-	_, err = Memoize(m, "", fn).Get(ctx, "a")
-	assert.ErrorIs(t, err, ErrInvalidKey)
-	_, err = Memoize[string, int](m, "x", nil).Get(ctx, "a")
-	assert.ErrorIs(t, err, ErrInvalidOption)
-	_, err = Memoize(m, "x", fn, TTL(0)).Get(ctx, "a")
-	assert.ErrorIs(t, err, ErrInvalidOption)
-	assert.ErrorIs(t, Memoize(m, "", fn).ForgetAll(ctx), ErrInvalidKey)
+	assertPanicsWith(t, ErrInvalidKey, func() { Memoize(m, "", fn) }, "Memoize with no name")
+	assertPanicsWith(t, ErrInvalidOption, func() { Memoize[string, int](m, "x", nil) }, "Memoize of nil")
+	assertPanicsWith(t, ErrInvalidOption, func() { Memoize(m, "x", fn, TTL(0)) }, "Memoize with a zero TTL")
 	_, err = GetOrLoad(ctx, m, "", func(ctx context.Context) (int, error) { return 1, nil })
 	assert.ErrorIs(t, err, ErrInvalidKey)
 	_, err = GetOrLoad[int](ctx, m, "k", nil)
@@ -603,7 +600,7 @@ func TestMemoBadInput(t *testing.T) {
 	// A loaded value too large to store is an error, and nothing is stored.
 	small, err := New(rdb, &Options{MaxValueSize: 64, CompressAbove: -1})
 	require.NoError(t, err)
-	defer small.Close()
+	t.Cleanup(func() { closeWithin(t, small) })
 	_, err = GetOrLoad(ctx, small, "big", func(ctx context.Context) (string, error) { return strings.Repeat("x", 100), nil })
 	assert.ErrorIs(t, err, ErrValueTooLarge)
 	n, err := rdb.Exists(ctx, small.keyRef("big").key).Result()
@@ -635,7 +632,7 @@ func TestHashGetOrLoad(t *testing.T) {
 				assert.Equal(t, len(outlet), om.Orders)
 			})
 		}
-		wg.Wait()
+		testredis.Wait(t, &wg, "the 100 callers of 4 fields to return")
 		for i := range 4 {
 			n, _ := calls.Load(fmt.Sprint("outlet-", i))
 			assert.Equal(t, int32(1), n.(*atomic.Int32).Load(), "one load per field")
@@ -645,22 +642,22 @@ func TestHashGetOrLoad(t *testing.T) {
 		assert.Len(t, all, 4)
 
 		// Clear voids a field load in flight.
-		gate := make(chan struct{})
+		g := newGate()
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			_, err := h.GetOrLoad(ctx, "late", func(ctx context.Context, f string) (outletMetrics, error) {
-				if err := await(ctx, gate); err != nil {
+				if err := g.pass(ctx); err != nil {
 					return outletMetrics{}, err
 				}
 				return outletMetrics{Orders: -1}, nil
 			})
 			assert.NoError(t, err)
 		}()
-		require.Eventually(t, func() bool { return m.Stats().ByName["hash:outlet_metrics"].Loads == 5 }, 5*time.Second, time.Millisecond)
+		g.reached(t, "the field's load to start")
 		require.NoError(t, h.Clear(ctx))
-		close(gate)
-		<-done
+		g.open()
+		testredis.Recv(t, done, "the caller of the voided field load to return")
 		_, err = h.Get(ctx, "late")
 		assert.ErrorIs(t, err, ErrMiss, "a load voided by Clear is not stored")
 	})
@@ -670,7 +667,7 @@ func TestRedisDownDuringLoad(t *testing.T) {
 	mr, rdb := testredis.Mini(t)
 	m, err := New(rdb, nil)
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	mr.Close()
 	v, err := GetOrLoad(ctx, m, "k", func(ctx context.Context) (string, error) { return "from the loader", nil })

@@ -42,7 +42,7 @@ func TestObserver(t *testing.T) {
 	rdb := faultClient(t, srv.Addr())
 	m, err := New(rdb, &Options{Prefix: "test", Observer: rec, Breaker: BreakerOptions{Failures: 2, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	errBoom := errors.New("boom")
 	memo := Memoize(m, "board", func(ctx context.Context, n int) (int, error) {
@@ -110,11 +110,13 @@ func TestLockStats(t *testing.T) {
 		e := newEnv(t, b)
 		m := e.manager(nil)
 		ctx := t.Context()
-		l, err := m.TryLock(ctx, "order:1", time.Second)
+		// A lease a real server's clock cannot end while the test runs; the
+		// test moves it on.
+		l, err := m.TryLock(ctx, "order:1", 10*time.Second)
 		require.NoError(t, err)
 		_, err = m.Lock(ctx, "order:1", time.Second, LinearRetry(time.Millisecond), MaxAttempts(3))
 		require.ErrorIs(t, err, ErrNotObtained)
-		e.advance(2 * time.Second)
+		e.advance(11 * time.Second)
 		require.ErrorIs(t, l.Release(ctx), ErrLockLost)
 		st := m.Stats().ByName["locks"]
 		assert.Equal(t, uint64(1), st.LocksObtained)

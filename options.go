@@ -19,11 +19,47 @@ type settings struct {
 	noFetchOnMiss bool
 	earlyBeta     float64 // EarlyRefresh
 	tagsFor       any     // a func(A) []string, for a Memo[A, R]
-	err           error   // the first invalid option
+	keyBy         any     // a func(A) string, for a Memo[A, R]
+	// rememberMissing is RememberMissing: a batch loader's left-out keys
+	// are remembered as not found.
+	rememberMissing bool
+	given           optionSet
+	err             error // the first invalid option
 }
 
-// settle applies opts over the Manager's defaults.
-func (m *Manager) settle(opts []Option) settings {
+// optionSet is a set of the kinds of Option.
+type optionSet uint16
+
+const (
+	optTTL optionSet = 1 << iota
+	optNoExpiry
+	optJitter
+	optTags
+	optStaleFor
+	optFetchOnMiss
+	optEarlyRefresh
+	optTagsFor
+	optRememberMissing
+	optKeyBy
+	numOptions = iota
+)
+
+var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing", "KeyBy"}
+
+// The options each kind of call takes.
+const (
+	writeOptions  = optTTL | optNoExpiry | optJitter | optTags                    // Set, SetMany
+	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh // GetOrLoad, Refresh
+	hashOptions   = loadedOptions | optRememberMissing                            // NewHash
+	memoOptions   = loadedOptions | optTagsFor | optRememberMissing | optKeyBy    // Memoize, MemoizeBatch
+)
+
+// give records that an option of kind k was given.
+func (s *settings) give(k optionSet) { s.given |= k }
+
+// settle applies opts over the Manager's defaults, for a call that takes
+// the options in allowed (named call, for the error of one it does not).
+func (m *Manager) settle(call string, allowed optionSet, opts []Option) settings {
 	s := settings{jitter: -1}
 	for _, o := range opts {
 		if o == nil {
@@ -31,6 +67,14 @@ func (m *Manager) settle(opts []Option) settings {
 			continue
 		}
 		o(&s)
+	}
+	if extra := s.given &^ allowed; extra != 0 {
+		for i, name := range optionNames {
+			if extra&(1<<i) != 0 {
+				s.fail(fmt.Errorf("%w: %s does not apply to %s", ErrInvalidOption, name, call))
+				break
+			}
+		}
 	}
 	if s.ttl == 0 {
 		s.ttl = m.opts.DefaultTTL

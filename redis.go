@@ -16,9 +16,10 @@ import (
 // The Redis-call path.
 //
 // Every command the Manager sends goes through this file: do for one
-// command, pipe for a pipeline, eval for a script, and node.do and
-// node.pipe for the work planned per master (see forEachMaster in
-// cluster.go). Here, and only here, a call
+// command, pipe for a pipeline, eval for a script, evalMany for many calls
+// of a script in one pipeline, and node.do and node.pipe for the work
+// planned per master (see forEachMaster in cluster.go). Here, and only
+// here, a call
 //
 //   - passes the circuit breaker of the node it goes to (resilience.go),
 //   - returns by its deadline: its caller's, or the end of its time budget
@@ -34,12 +35,17 @@ import (
 //
 // The commands of a call cut short at its deadline are still being
 // written by the goroutine that sends them: after an error, callers do not
-// read the commands they queued (eval returns a new command holding the
-// error).
+// read the commands they queued (eval and evalMany return new commands
+// holding the error).
 
 // do sends cmd and returns its error.
 func (m *Manager) do(ctx context.Context, st *counters, cmd redis.Cmder) error {
-	_, err := m.send(ctx, m.rdb, "", cmd)
+	return m.doOn(ctx, m.rdb, "", st, cmd)
+}
+
+// doOn sends cmd on the client c: m.rdb, or the node at addr.
+func (m *Manager) doOn(ctx context.Context, c redis.UniversalClient, addr string, st *counters, cmd redis.Cmder) error {
+	_, err := m.send(ctx, c, addr, cmd)
 	m.count(ctx, st, err)
 	return err
 }
@@ -78,10 +84,17 @@ func (m *Manager) pipe(ctx context.Context, st *counters, fn func(redis.Pipeline
 
 // pipeOn is pipe on the client c: m.rdb, or the node at addr.
 func (m *Manager) pipeOn(ctx context.Context, c redis.UniversalClient, addr string, st *counters, fn func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	cmds, _, err := m.sendPipe(ctx, c, addr, fn)
+	m.count(ctx, st, err)
+	return cmds, err
+}
+
+// sendPipe is pipeOn without the counting. cut is as for exchange.
+func (m *Manager) sendPipe(ctx context.Context, c redis.UniversalClient, addr string, fn func(redis.Pipeliner)) (cmds []redis.Cmder, cut bool, err error) {
 	p := c.Pipeline()
 	fn(p)
-	cmds := p.Cmds()
-	cut, err := m.exchange(ctx, call{c: c, addr: addr, pipe: p, cmds: cmds})
+	cmds = p.Cmds()
+	cut, err = m.exchange(ctx, call{c: c, addr: addr, pipe: p, cmds: cmds})
 	if !cut {
 		err = firstErr(cmds)
 	}
@@ -105,8 +118,7 @@ func (m *Manager) pipeOn(ctx context.Context, c redis.UniversalClient, addr stri
 			err = firstErr(cmds)
 		}
 	}
-	m.count(ctx, st, err)
-	return cmds, err
+	return cmds, cut, err
 }
 
 // firstErr returns the first error of cmds that is a failure: not
@@ -141,6 +153,66 @@ func (m *Manager) eval(ctx context.Context, st *counters, s *scripts.Script, key
 		cmd.SetErr(err)
 	}
 	return cmd
+}
+
+// scriptCall is one call of a script in evalMany.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// evalMany runs s once per call, in one pipeline, and returns the replies
+// in the order of calls; the calls the server answers NOSCRIPT are sent
+// again with EVAL, in a second one (and every script is loaded again, in
+// the background). When the pipeline was cut short at its deadline, every
+// reply holds its error.
+func (m *Manager) evalMany(ctx context.Context, st *counters, s *scripts.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+	out := make([]*redis.Cmd, len(calls))
+	_, cut, err := m.sendPipe(ctx, m.rdb, "", func(p redis.Pipeliner) {
+		for i, c := range calls {
+			out[i] = redis.NewCmd(ctx, scriptArgs("evalsha", s.Hash(), c.keys, c.args)...)
+			_ = p.Process(ctx, out[i])
+		}
+	})
+	var again []int
+	if !cut {
+		for i, c := range out {
+			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+	}
+	if len(again) > 0 {
+		m.loadScriptsLater()
+		_, cut, err = m.sendPipe(ctx, m.rdb, "", func(p redis.Pipeliner) {
+			for _, i := range again {
+				c := calls[i]
+				out[i] = redis.NewCmd(ctx, scriptArgs("eval", s.Src, c.keys, c.args)...)
+				_ = p.Process(ctx, out[i])
+			}
+		})
+		if err == nil {
+			err = firstCmdErr(out)
+		}
+	}
+	m.count(ctx, st, err)
+	if cut {
+		for i := range out {
+			out[i] = redis.NewCmd(ctx) // the first may still be being written
+			out[i].SetErr(err)
+		}
+	}
+	return out, err
+}
+
+// firstCmdErr is firstErr for script replies.
+func firstCmdErr(cmds []*redis.Cmd) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+	}
+	return nil
 }
 
 // scriptArgs returns the arguments of an EVAL or EVALSHA command.
@@ -262,12 +334,12 @@ func (m *Manager) exchange(ctx context.Context, cl call) (cut bool, err error) {
 	if m.cluster != nil && cl.c == m.rdb && !m.slotsKnown.Load() && !unreachable(err) {
 		m.slotsKnown.Store(true) // go-redis has loaded the cluster's slots
 	}
-	return false, wrap(err, &cl)
+	return false, markUnavailable(err, &cl)
 }
 
-// wrap makes err, and the errors of the call's commands, match
+// markUnavailable makes err, and the errors of the call's commands, match
 // ErrUnavailable when they mean Redis could not be reached.
-func wrap(err error, cl *call) error {
+func markUnavailable(err error, cl *call) error {
 	if err == nil {
 		return nil
 	}

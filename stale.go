@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -31,6 +32,7 @@ import (
 // refreshed in the background. It applies to GetOrLoad, Memoize and Hash.
 func StaleFor(d time.Duration) Option {
 	return func(s *settings) {
+		s.give(optStaleFor)
 		if d < 0 {
 			s.fail(fmt.Errorf("%w: StaleFor %v is negative", ErrInvalidOption, d))
 			return
@@ -43,7 +45,10 @@ func StaleFor(d time.Duration) Option {
 // value in the background, for callers that would rather show nothing than
 // wait. The default is true: a miss waits for the load.
 func FetchOnMiss(fetch bool) Option {
-	return func(s *settings) { s.noFetchOnMiss = !fetch }
+	return func(s *settings) {
+		s.give(optFetchOnMiss)
+		s.noFetchOnMiss = !fetch
+	}
 }
 
 // EarlyRefresh refreshes a fresh entry in the background shortly before it
@@ -53,6 +58,7 @@ func FetchOnMiss(fetch bool) Option {
 // choice; larger refreshes earlier; 0 turns it off.
 func EarlyRefresh(beta float64) Option {
 	return func(s *settings) {
+		s.give(optEarlyRefresh)
 		if beta < 0 || math.IsNaN(beta) || math.IsInf(beta, 0) {
 			s.fail(fmt.Errorf("%w: EarlyRefresh beta %v", ErrInvalidOption, beta))
 			return
@@ -239,34 +245,38 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 			m.refresh.refreshed(e.ref.lease, m.now().UnixMilli(), failed)
 		}
 	}()
-	if err := m.tagEntry(ctx, e.st, e.tags, m.tagMargin(e), e.ref); err != nil {
+	es, idx := []entry{*e}, []int{0}
+	hd := newHeld(es, false)
+	if err := m.readGensForLoad(ctx, es, idx, hd); err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
-	token := newToken()
-	a, err := m.acquire(ctx, e, token, true)
+	acq, err := m.acquireMany(ctx, es, idx, hd, []bool{true})
 	if err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
 	failed = false
+	a := acq[0]
 	if a.status != leaseTaken {
 		return // another process is loading it
 	}
+	hd.wants[0].gen = a.gen
 	if a.value != nil {
 		var v T
-		if h, state, _ := m.lookup(e.st, e.ref, a.value, a.gen, &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
-			m.release(e.st, e.ref.lease, token) // refreshed meanwhile, by another process
+		if h, state, _ := m.lookup(e.st, e.ref, a.value, &hd.wants[0], &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
+			m.release(e.st, e.ref.lease, hd.tokens[0]) // refreshed meanwhile, by another process
 			return
 		}
 	}
 	e.st.add(EventRefreshStarted, 1)
-	_, _, _, err = loadAndStore(ctx, m, e, l, token, a.gen)
-	if err != nil && err != ErrNotFound {
-		failed = true
-		e.st.add(EventRefreshFailed, 1)
-		m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
-		return
-	}
-	e.st.add(EventRefreshSucceeded, 1)
+	loadAndStore(ctx, m, es, idx, hd, single(l), func(_ int, _ any, _ time.Time, err error) {
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			failed = true
+			e.st.add(EventRefreshFailed, 1)
+			m.log.Debug("cache: background refresh failed; the stale value stays", "key", e.ref.key, "field", e.ref.field, "err", err)
+			return
+		}
+		e.st.add(EventRefreshSucceeded, 1)
+	})
 }

@@ -294,6 +294,76 @@ type checkItem struct {
 	read func(ctx context.Context, mb *member) (int64, error)
 	// ways are the ways a write of the item can publish it.
 	ways []publishWay
+	// group is the batch read that reads the item with others of its kind.
+	group int
+}
+
+// batchReads read several items of one kind in one call (GetOrLoadMany,
+// Hash.GetOrLoadMany, Memo.GetMany), by group: the versions read, by item.
+var batchReads = []func(ctx context.Context, mb *member, src *source, items []int) (map[int]int64, error){
+	func(ctx context.Context, mb *member, src *source, items []int) (map[int]int64, error) {
+		keys := make([]string, len(items))
+		var opts []cache.Option
+		for j, i := range items {
+			keys[j] = kvKey(i)
+			opts = append(opts, cache.Tags(kvTag(i)))
+		}
+		got, err := cache.GetOrLoadMany(ctx, mb.m, keys, func(ctx context.Context, missing []string) (map[string]int64, error) {
+			out := make(map[string]int64, len(missing))
+			for _, k := range missing {
+				v, err := src.load(ctx, items[slices.Index(keys, k)])
+				if err != nil {
+					return out, err
+				}
+				out[k] = v
+			}
+			return out, nil
+		}, append(opts, cache.TTL(checkTTL))...)
+		return byItem(items, keys, got), err
+	},
+	func(ctx context.Context, mb *member, src *source, items []int) (map[int]int64, error) {
+		fields := make([]string, len(items))
+		for j, i := range items {
+			fields[j] = fieldName(i - kvItems)
+		}
+		got, err := mb.hash.GetOrLoadMany(ctx, fields, func(ctx context.Context, missing []string) (map[string]int64, error) {
+			out := make(map[string]int64, len(missing))
+			for _, f := range missing {
+				v, err := src.load(ctx, fieldItem(f))
+				if err != nil {
+					return out, err
+				}
+				out[f] = v
+			}
+			return out, nil
+		})
+		return byItem(items, fields, got), err
+	},
+	func(ctx context.Context, mb *member, src *source, items []int) (map[int]int64, error) {
+		args := make([]int, len(items))
+		for j, i := range items {
+			args[j] = i - kvItems - fieldItems
+		}
+		got, err := mb.memo.GetMany(ctx, args)
+		out := make(map[int]int64, len(items))
+		if err == nil {
+			for j, i := range items {
+				out[i] = got[j]
+			}
+		}
+		return out, err
+	},
+}
+
+// byItem returns the values of got, by the item of each name.
+func byItem(items []int, names []string, got map[string]int64) map[int]int64 {
+	out := make(map[int]int64, len(got))
+	for j, n := range names {
+		if v, ok := got[n]; ok {
+			out[items[j]] = v
+		}
+	}
+	return out
 }
 
 type publishWay struct {
@@ -345,7 +415,8 @@ func buildItems(src *source) []checkItem {
 		load := func(ctx context.Context) (int64, error) { return src.load(ctx, i) }
 		opts := []cache.Option{cache.TTL(checkTTL), cache.Tags(kvTag(i))}
 		items = append(items, checkItem{
-			name: "key " + strconv.Quote(key),
+			group: 0,
+			name:  "key " + strconv.Quote(key),
 			read: func(ctx context.Context, mb *member) (int64, error) {
 				return cache.GetOrLoad(ctx, mb.m, key, load, opts...)
 			},
@@ -364,7 +435,8 @@ func buildItems(src *source) []checkItem {
 	for i := range fieldItems {
 		field := fieldName(i)
 		items = append(items, checkItem{
-			name: "field " + strconv.Quote(field),
+			group: 1,
+			name:  "field " + strconv.Quote(field),
 			read: func(ctx context.Context, mb *member) (int64, error) {
 				return mb.hash.GetOrLoad(ctx, field, loadField)
 			},
@@ -381,8 +453,9 @@ func buildItems(src *source) []checkItem {
 	}
 	for arg := range memoItems {
 		items = append(items, checkItem{
-			name: fmt.Sprintf("memo entry %d", arg),
-			read: func(ctx context.Context, mb *member) (int64, error) { return mb.memo.Get(ctx, arg) },
+			group: 2,
+			name:  fmt.Sprintf("memo entry %d", arg),
+			read:  func(ctx context.Context, mb *member) (int64, error) { return mb.memo.Get(ctx, arg) },
 			ways: []publishWay{
 				invalidateWay("Memo.Entry", func(mb *member) cache.Target { return mb.memo.Entry(arg) }),
 				invalidateWay("Memo.All", func(mb *member) cache.Target { return mb.memo.All() }),
@@ -457,7 +530,7 @@ func runChecker(t *testing.T, c checkConfig) {
 	until := rec.base.Add(d)
 	var wg sync.WaitGroup
 	for w := range checkReaders {
-		wg.Go(func() { readLoop(t.Context(), rec, w, fleet, items, until) })
+		wg.Go(func() { readLoop(t.Context(), rec, w, fleet, items, src, until) })
 	}
 	for w := range checkWriters {
 		wg.Go(func() { writeLoop(t.Context(), rec, checkReaders+w, fleet, items, src, until) })
@@ -471,12 +544,16 @@ func runChecker(t *testing.T, c checkConfig) {
 }
 
 // readLoop reads random items through random members until the deadline.
-func readLoop(ctx context.Context, rec *recorder, client int, fleet []*member, items []checkItem, until time.Time) {
+func readLoop(ctx context.Context, rec *recorder, client int, fleet []*member, items []checkItem, src *source, until time.Time) {
 	var ops []checkOp
 	errs := 0
 	var firstErr error
 	for time.Now().Before(until) && ctx.Err() == nil {
 		i, j := rand.IntN(len(items)), rand.IntN(len(fleet))
+		if rand.IntN(3) == 0 {
+			ops = append(ops, batchRead(ctx, rec, client, fleet, j, items, src, items[i].group)...)
+			continue
+		}
 		op := checkOp{item: i, client: client, member: j, way: "read", call: rec.now()}
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		v, err := items[i].read(octx, fleet[j])
@@ -494,6 +571,35 @@ func readLoop(ctx context.Context, rec *recorder, client int, fleet []*member, i
 		ops = append(ops, op)
 	}
 	rec.add(ops, errs, firstErr)
+}
+
+// batchRead reads a random subset of the items of group through member j
+// in one call, and returns a read for each item it returned.
+func batchRead(ctx context.Context, rec *recorder, client int, fleet []*member, j int, items []checkItem, src *source, group int) []checkOp {
+	var chosen []int
+	for i, it := range items {
+		if it.group == group && rand.IntN(2) == 0 {
+			chosen = append(chosen, i)
+		}
+	}
+	if len(chosen) == 0 {
+		return nil
+	}
+	call := rec.now()
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	got, err := batchReads[group](octx, fleet[j], src, chosen)
+	cancel()
+	ret := rec.now()
+	if err != nil {
+		return nil
+	}
+	ops := make([]checkOp, 0, len(got))
+	for _, i := range chosen {
+		if v, ok := got[i]; ok {
+			ops = append(ops, checkOp{item: i, client: client, member: j, way: "batch read", version: v, call: call, ret: ret})
+		}
+	}
+	return ops
 }
 
 // writeLoop writes random items, publishing them in random ways through

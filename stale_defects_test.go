@@ -25,36 +25,7 @@ import (
 // on today's code, each with its defect in one line: they skip with it, so
 // that the suite stays green. The fix of a defect removes its line. Set
 // STOCKPOT_RUN_KNOWN_DEFECTS=1 to run them all the same.
-var knownStaleDefects = map[string]string{
-	"TestStaleSetTagMissesLoadInFlight":       "a load records its tag before it takes its lease; an Invalidate(Tag) in between takes the record away, and the next one no longer voids the load",
-	"TestStaleSetMemoGenerationEvicted":       "a missing memo generation reads as \"0\", the generation of entries stored before the first ForgetAll",
-	"TestStaleSetTagSetEvicted":               "a tag's entries are found only through its sorted set; once that is evicted, Invalidate(Tag) leaves them served",
-	"TestStaleSetHashWarmVersionEvicted":      "a missing hash field version reads as \"0\", so a warm that began before a field was deleted stores after it",
-	"TestStaleSetLocalTierBeforeSubscription": "the local tier is not cleared on the first subscription, so invalidations published before it are missed for the local TTL",
-	"TestStaleSetRefreshJoinsEarlierRefresh":  "a Refresh joins a Refresh of the same Manager whose load began before it was called, and returns and leaves that load's older value",
-
-	// The checker's configurations, by the way a write is published: the
-	// checker leaves those writes out of its verdict (see checkHistory).
-	"TestStaleSetChecker/single-node/Tag":       tagInFlight,
-	"TestStaleSetChecker/three-masters/Tag":     tagInFlight,
-	"TestStaleSetChecker/latency/Tag":           tagInFlight,
-	"TestStaleSetChecker/restart/Tag":           tagInFlight,
-	"TestStaleSetChecker/evict-lru/Tag":         tagInFlight + "; and an evicted tag set leaves its entries served (TestStaleSetTagSetEvicted)",
-	"TestStaleSetChecker/evict-random/Tag":      tagInFlight + "; and an evicted tag set leaves its entries served (TestStaleSetTagSetEvicted)",
-	"TestStaleSetChecker/single-node/Refresh":   refreshJoins,
-	"TestStaleSetChecker/three-masters/Refresh": refreshJoins,
-	"TestStaleSetChecker/latency/Refresh":       refreshJoins,
-	"TestStaleSetChecker/restart/Refresh":       refreshJoins,
-	"TestStaleSetChecker/evict-lru/Refresh":     refreshJoins,
-	"TestStaleSetChecker/evict-random/Refresh":  refreshJoins,
-	"TestStaleSetChecker/evict-random/Memo.All": "a missing memo generation reads as \"0\", so entries of that generation are served after a ForgetAll whose generation was evicted (TestStaleSetMemoGenerationEvicted)",
-}
-
-// The defects the checker finds, as the deterministic tests above show them.
-const (
-	tagInFlight  = "an Invalidate(Tag) between a load's tag record and its lease makes the next one miss the load (TestStaleSetTagMissesLoadInFlight)"
-	refreshJoins = "a Refresh returns, and leaves, the older value of a Refresh it joined (TestStaleSetRefreshJoinsEarlierRefresh)"
-)
+var knownStaleDefects = map[string]string{}
 
 // skipKnownStaleDefect skips t when it reproduces a known defect, unless
 // STOCKPOT_RUN_KNOWN_DEFECTS is set.

@@ -15,12 +15,14 @@ import (
 	"github.com/stockpot-go/cache/internal/testredis"
 )
 
-// gatedSource is an upstream whose calls can be held until released.
+// gatedSource is an upstream whose calls can be held until released. A
+// held call waits with its context too, so Close ends it.
 type gatedSource struct {
 	version atomic.Int64
 	calls   atomic.Int32
-	gate    chan struct{}
 	fail    atomic.Bool
+	mu      sync.Mutex    // protects gate
+	gate    chan struct{} // closed while calls go through
 }
 
 func newGatedSource() *gatedSource {
@@ -29,15 +31,27 @@ func newGatedSource() *gatedSource {
 	return s
 }
 
-func (s *gatedSource) hold() { s.gate = make(chan struct{}) }
-func (s *gatedSource) open() { close(s.gate) }
+// hold makes the calls from now on wait until open.
+func (s *gatedSource) hold() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gate = make(chan struct{})
+}
+
+// open lets the held calls, and those to come, go through.
+func (s *gatedSource) open() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.gate)
+}
 
 func (s *gatedSource) fetch(ctx context.Context, user string) ([]string, error) {
 	s.calls.Add(1)
-	select {
-	case <-s.gate:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if err := await(ctx, gate); err != nil {
+		return nil, err
 	}
 	if s.fail.Load() {
 		return nil, errors.New("upstream timed out")
@@ -64,13 +78,15 @@ func TestStaleWhileRevalidate(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, []string{"ana-tweet-v0"}, v, "the stale value, at once")
 		}
-		require.Eventually(t, func() bool { return src.calls.Load() == 2 }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return src.calls.Load() == 2 }, testredis.Timeout, time.Millisecond,
+			"the background refresh to call the source")
 		src.open()
 		require.Eventually(t, func() bool {
 			v, err := tweets.Get(ctx, "ana")
 			return err == nil && v[0] == "ana-tweet-v1"
-		}, 5*time.Second, time.Millisecond)
-		require.Eventually(t, func() bool { return m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 1 }, 5*time.Second, time.Millisecond)
+		}, testredis.Timeout, time.Millisecond, "readers to get the refreshed value")
+		require.Eventually(t, func() bool { return m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 1 }, testredis.Timeout, time.Millisecond,
+			"the refresh to be counted as succeeded")
 		st := m.Stats().ByName["memo:tweets"]
 		assert.Equal(t, int32(2), src.calls.Load(), "one refresh for 20 stale reads")
 		assert.GreaterOrEqual(t, st.StaleHits, uint64(20))
@@ -100,7 +116,8 @@ func TestRefreshFailureKeepsStale(t *testing.T) {
 		v, err := h.GetOrLoad(ctx, "ana", src.fetch)
 		require.NoError(t, err)
 		assert.Equal(t, []string{"ana-tweet-v0"}, v)
-		require.Eventually(t, func() bool { return m.Stats().ByName["hash:feeds"].RefreshesFailed == 1 }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return m.Stats().ByName["hash:feeds"].RefreshesFailed == 1 }, testredis.Timeout, time.Millisecond,
+			"the refresh to fail")
 		v, err = h.GetOrLoad(ctx, "ana", src.fetch)
 		require.NoError(t, err, "a failed refresh keeps the stale value")
 		assert.Equal(t, []string{"ana-tweet-v0"}, v)
@@ -116,12 +133,13 @@ func TestFetchOnMissFalse(t *testing.T) {
 		load := func(ctx context.Context) ([]string, error) { return src.fetch(ctx, "bo") }
 		_, err := GetOrLoad(ctx, m, "feed:bo", load, FetchOnMiss(false))
 		assert.ErrorIs(t, err, ErrMiss, "a cold miss returns at once")
-		require.Eventually(t, func() bool { return src.calls.Load() == 1 }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return src.calls.Load() == 1 }, testredis.Timeout, time.Millisecond,
+			"the background load to call the source")
 		src.open()
 		require.Eventually(t, func() bool {
 			v, err := GetOrLoad(ctx, m, "feed:bo", load, FetchOnMiss(false))
 			return err == nil && len(v) == 1
-		}, 5*time.Second, time.Millisecond, "the value arrives in the background")
+		}, testredis.Timeout, time.Millisecond, "the value to arrive in the background")
 		assert.Equal(t, int32(1), src.calls.Load())
 	})
 }
@@ -186,7 +204,8 @@ func TestEarlyRefresh(t *testing.T) {
 		}
 		assert.Positive(t, m.Stats().ByName["memo:early"].EarlyRefreshes)
 		assert.Zero(t, m.Stats().ByName["memo:never"].EarlyRefreshes)
-		require.Eventually(t, func() bool { return m.Stats().ByName["memo:early"].RefreshesSucceeded >= 1 }, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return m.Stats().ByName["memo:early"].RefreshesSucceeded >= 1 }, testredis.Timeout, time.Millisecond,
+			"the early refresh to succeed")
 		assert.Zero(t, m.Stats().ByName["memo:never"].RefreshesStarted)
 	})
 }
@@ -213,8 +232,9 @@ func TestStaleRefreshOncePerFleet(t *testing.T) {
 				assert.NoError(t, err)
 			})
 		}
-		wg.Wait()
-		require.Eventually(t, func() bool { return src.calls.Load() >= 6 }, 5*time.Second, time.Millisecond)
+		testredis.Wait(t, &wg, "40 stale reads to return while the refreshes are held")
+		require.Eventually(t, func() bool { return src.calls.Load() >= 6 }, testredis.Timeout, time.Millisecond,
+			"a refresh of each key to call the source")
 		src.open()
 		var started uint64
 		require.Eventually(t, func() bool {
@@ -223,14 +243,14 @@ func TestStaleRefreshOncePerFleet(t *testing.T) {
 				started += mm.m.Stats().ByName["memo:tweets"].RefreshesSucceeded
 			}
 			return started == 3
-		}, 5*time.Second, time.Millisecond)
+		}, testredis.Timeout, time.Millisecond, "3 refreshes to succeed")
 		assert.Equal(t, int32(6), src.calls.Load(), "3 loads, then one refresh per key across 4 Managers")
 	})
 }
 
 func TestCloseEndsRefreshes(t *testing.T) {
 	e := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: newMini(t)})
-	before := ownGoroutines() // others' goroutines may still be ending
+	before, _ := ownGoroutines() // others' goroutines may still be ending
 	m := e.manager(&Options{RefreshWorkers: 3})
 	ctx := t.Context()
 	src := newGatedSource()
@@ -245,11 +265,19 @@ func TestCloseEndsRefreshes(t *testing.T) {
 		_, err := tweets.Get(ctx, k)
 		require.NoError(t, err)
 	}
-	require.Eventually(t, func() bool { return src.calls.Load() == 4 }, 5*time.Second, time.Millisecond)
-	require.Greater(t, ownGoroutines(), before)
-	require.NoError(t, m.Close()) // cancels the held refreshes and waits for them
-	assert.Equal(t, uint64(2), m.Stats().ByName["memo:tweets"].RefreshesFailed, "in-flight refreshes saw their context cancelled")
-	assert.LessOrEqual(t, ownGoroutines(), before, "every goroutine the Manager started ended before Close returned; one is:\n%s", lastOwn)
+	require.Eventually(t, func() bool { return src.calls.Load() == 4 }, testredis.Timeout, time.Millisecond,
+		"the refreshes of both keys to call the source")
+	during, _ := ownGoroutines()
+	require.Greater(t, during, before)
+	closeWithin(t, m) // cancels the held refreshes and waits for them
+	assert.Equal(t, uint64(2), m.Stats().ByName["memo:tweets"].RefreshesFailed, "in-flight refreshes saw their context cancelled before Close returned")
+	// A goroutine whose work Close waited for may still be on its way out
+	// (past its last statement) when Close returns: poll for its end.
+	if !assert.Eventually(t, func() bool { n, _ := ownGoroutines(); return n <= before }, testredis.Timeout, time.Millisecond,
+		"every goroutine the Manager started to end after Close") {
+		_, one := ownGoroutines()
+		t.Logf("one of the goroutines left:\n%s", one)
+	}
 	_, err := tweets.Get(ctx, "a")
 	assert.ErrorIs(t, err, ErrClosed)
 }

@@ -169,7 +169,7 @@ func (s Stats) Names() []string {
 // Stats returns a snapshot of the Manager's counters.
 func (m *Manager) Stats() Stats {
 	s := m.stats.snapshot()
-	s.Invalidations = m.inv.snapshot()
+	s.Invalidations = m.inv.snapshot(&m.pending)
 	s.Breaker = m.BreakerState()
 	s.Breakers = m.nodeBreakerStates()
 	s.Local = m.local.snapshot()

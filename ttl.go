@@ -14,6 +14,7 @@ import (
 // Options.DefaultTTL. The stored TTL is shortened by up to the jitter.
 func TTL(d time.Duration) Option {
 	return func(s *settings) {
+		s.give(optTTL)
 		if d <= 0 {
 			s.fail(fmt.Errorf("%w: TTL %v is not positive", ErrInvalidOption, d))
 			return
@@ -25,13 +26,17 @@ func TTL(d time.Duration) Option {
 // NoExpiry makes an entry that never expires. Use it with care: every other
 // entry expires, so that a forgotten invalidation heals with time.
 func NoExpiry() Option {
-	return func(s *settings) { s.noExpiry = true }
+	return func(s *settings) {
+		s.give(optNoExpiry)
+		s.noExpiry = true
+	}
 }
 
 // Jitter sets the fraction, 0 to 1, by which a TTL is shortened at random for
 // this call, in place of Options.Jitter. Jitter(0) stores the TTL as given.
 func Jitter(f float64) Option {
 	return func(s *settings) {
+		s.give(optJitter)
 		if f < 0 || f > 1 {
 			s.fail(fmt.Errorf("%w: Jitter %v is not between 0 and 1", ErrInvalidOption, f))
 			return
@@ -71,15 +76,6 @@ func (s *settings) keep(ttl time.Duration) time.Duration {
 		return 0
 	}
 	return ttl + s.staleFor
-}
-
-// tagTTL is how long a tag must remember an entry stored with s: at least
-// as long as the entry lives (jitter only shortens it); 0 for no expiry.
-func (s *settings) tagTTL() time.Duration {
-	if s.noExpiry {
-		return 0
-	}
-	return s.ttl + s.staleFor
 }
 
 // NeverExpires is what TTL returns for an entry stored with NoExpiry.

@@ -24,10 +24,11 @@ func TestTTL(t *testing.T) {
 		assert.True(t, d > 53*time.Minute && d <= time.Hour, "default TTL with jitter: %v", d)
 
 		// An exact TTL without jitter.
+		wrote := time.Now()
 		require.NoError(t, m.Set(ctx, "live_orders", 0, TTL(30*time.Second), Jitter(0)))
 		d, err = m.TTL(ctx, "live_orders")
 		require.NoError(t, err)
-		assert.InDelta(t, float64(30*time.Second), float64(d), float64(time.Second))
+		assertTTL(t, 30*time.Second, d, wrote, "an exact TTL")
 
 		require.NoError(t, m.Set(ctx, "forever", "x", NoExpiry()))
 		d, err = m.TTL(ctx, "forever")

@@ -104,7 +104,7 @@ func (r WarmReport) Err() error {
 	var errs []error
 	for _, j := range r.Jobs {
 		if j.Err != nil {
-			errs = append(errs, fmt.Errorf("cache: warm %q: %w", j.Name, j.Err))
+			errs = append(errs, wrap(j.Err, "warm %q", j.Name))
 		}
 	}
 	return errors.Join(errs...)
@@ -139,19 +139,19 @@ func (m *Manager) Warm(name string, fn func(ctx context.Context) (int, error)) e
 }
 
 // WarmWith registers the warming job "memo:NAME", which calls args for the
-// arguments to warm and refreshes the memo's entry of each (Refresh), one
-// after another. Readers keep getting the old entries while the new ones
-// are computed. The job counts the entries it stored; an argument whose
-// function returns ErrNotFound is remembered as not found, not counted, and
-// not a failure. The errors of the other arguments are joined into the
-// job's error, and do not stop the job.
+// arguments to warm and refreshes the memo's entry of each, as Refresh
+// does, in batches of warmBatch: one call of the memo's batch function
+// (MemoizeBatch; a call of its function per argument for Memoize), and one
+// round trip per node to take the leases and one to store the results.
+// Readers keep getting the old entries while the new ones are computed.
+// The job counts the entries it stored; an argument whose result is not
+// found is remembered as such, not counted, and not a failure. The errors
+// of the other arguments are joined into the job's error, and do not stop
+// the job.
 //
-// WarmWith returns the memo's error when it was made invalid,
-// ErrInvalidOption for a nil args, and ErrClosed after Close.
+// WarmWith returns ErrInvalidOption for a nil args, and ErrClosed after
+// Close.
 func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) error {
-	if mm.err != nil {
-		return mm.err
-	}
 	if args == nil {
 		return fmt.Errorf("%w: nil argument list for memo %q", ErrInvalidOption, mm.name)
 	}
@@ -162,33 +162,48 @@ func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) erro
 		}
 		n := 0
 		var errs []error
-		for _, a := range list {
-			_, err := mm.Refresh(ctx, a)
-			switch {
-			case err == nil:
-				n++
-			case errors.Is(err, ErrNotFound):
-			case ctx.Err() != nil:
+		for start := 0; start < len(list); start += warmBatch {
+			chunk := list[start:min(start+warmBatch, len(list))]
+			es, which, err := mm.entries(ctx, chunk)
+			if err != nil {
 				return n, errors.Join(append(errs, err)...)
-			default:
-				errs = append(errs, fmt.Errorf("argument %v: %w", a, err))
 			}
+			distinctArgs := make([]A, len(es))
+			for i, e := range which {
+				distinctArgs[e] = chunk[i]
+			}
+			outs, err := loadMany(ctx, mm.m, es, true, mm.loadMany(distinctArgs))
+			if err != nil {
+				return n, errors.Join(append(errs, err)...)
+			}
+			keys := make([]string, 0, len(outs))
+			for i, o := range outs {
+				switch {
+				case o.err == nil:
+					n++
+					keys = append(keys, es[i].ref.key)
+				case errors.Is(o.err, ErrNotFound):
+				default:
+					errs = append(errs, fmt.Errorf("argument %v: %w", distinctArgs[i], o.err))
+				}
+			}
+			mm.m.dropEverywhere(ctx, false, keys) // other instances' copies are older
 		}
 		return n, errors.Join(errs...)
 	})
 }
+
+// warmBatch is how many arguments a memo's warming job refreshes at once.
+const warmBatch = 1000
 
 // WarmWith registers the warming job "hash:NAME", which calls load and
 // stores every field it returns (SetMany). Fields are overwritten in place;
 // fields that load does not return are kept. The job counts the fields it
 // stored.
 //
-// WarmWith returns the Hash's error when it was made invalid,
-// ErrInvalidOption for a nil load, and ErrClosed after Close.
+// WarmWith returns ErrInvalidOption for a nil load, and ErrClosed after
+// Close.
 func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error)) error {
-	if h.err != nil {
-		return h.err
-	}
 	if load == nil {
 		return fmt.Errorf("%w: nil loader for hash %q", ErrInvalidOption, h.name)
 	}
@@ -196,7 +211,7 @@ func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error))
 		// The store is conditional: an invalidation of the hash or of a
 		// field while load runs voids it, and the job loads again.
 		for attempt := 1; ; attempt++ {
-			gen, ver, err := h.versions(ctx)
+			v, err := h.versions(ctx)
 			if err != nil {
 				return 0, err
 			}
@@ -204,7 +219,7 @@ func (h *Hash[T]) WarmWith(load func(ctx context.Context) (map[string]T, error))
 			if err != nil {
 				return 0, err
 			}
-			stored, err := h.storeLoaded(ctx, items, gen, ver)
+			stored, err := h.storeLoaded(ctx, items, v)
 			switch {
 			case err != nil:
 				return 0, err

@@ -86,7 +86,7 @@ func TestWarmAllReportsEveryJob(t *testing.T) {
 	assert.True(t, strings.HasPrefix(lines[0], "empty: 0 entries in "), lines[0])
 	assert.Contains(t, lines[1], "failing: 2 entries in ")
 	assert.Contains(t, lines[1], ", failed: outlet database is down")
-	assert.Contains(t, lines[2], "failed: cache: loader panicked: kaboom")
+	assert.Contains(t, lines[2], "failed: cache: panic: kaboom")
 	assert.True(t, strings.HasPrefix(lines[3], "summary: 1 entry in "), lines[3])
 	assert.NotContains(t, lines[3], "failed")
 
@@ -108,7 +108,7 @@ func TestWarmAllNoJobs(t *testing.T) {
 
 func TestWarmAllBoundedConcurrency(t *testing.T) {
 	m := warmMini(t).manager(nil)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), testredis.Timeout)
 	defer cancel()
 	// Each job waits until WarmConcurrency jobs run at once: fewer would
 	// never get there, more would show in peak.
@@ -144,11 +144,14 @@ func TestWarmReadersNeverMiss(t *testing.T) {
 		m := newEnv(t, b).manager(nil)
 		ctx := t.Context()
 		var loads, version atomic.Int32
+		g := newGate() // holds the warm's loads while the readers read
 		leaderboard := Memoize(m, "leaderboard", func(ctx context.Context, region string) (string, error) {
 			loads.Add(1)
 			v := version.Load()
 			if v > 0 {
-				time.Sleep(20 * time.Millisecond)
+				if err := g.pass(ctx); err != nil {
+					return "", err
+				}
 			}
 			return fmt.Sprintf("%s-v%d", region, v), nil
 		})
@@ -165,11 +168,17 @@ func TestWarmReadersNeverMiss(t *testing.T) {
 		require.NoError(t, leaderboard.WarmWith(func(ctx context.Context) ([]string, error) { return regions, nil }))
 
 		stop := make(chan struct{})
+		var stopOnce sync.Once
 		var wg sync.WaitGroup
+		stopReaders := func() {
+			stopOnce.Do(func() { close(stop) })
+			testredis.Wait(t, &wg, "the readers to stop")
+		}
+		t.Cleanup(stopReaders) // when the test ends early
 		var reads, bad atomic.Int64
-		for g := range 8 {
+		for reader := range 8 {
 			wg.Go(func() {
-				for i := g; ; i++ {
+				for i := reader; ; i++ {
 					select {
 					case <-stop:
 						return
@@ -187,9 +196,23 @@ func TestWarmReadersNeverMiss(t *testing.T) {
 				}
 			})
 		}
-		report, err := m.WarmAll(ctx)
-		close(stop)
-		wg.Wait()
+		type result struct {
+			report WarmReport
+			err    error
+		}
+		warmed := make(chan result, 1)
+		go func() {
+			report, err := m.WarmAll(ctx)
+			warmed <- result{report, err}
+		}()
+		g.reached(t, "the warm's first load")
+		during := reads.Load()
+		require.Eventually(t, func() bool { return reads.Load() >= during+100 }, testredis.Timeout, time.Millisecond,
+			"100 reads while the warm's load is held")
+		g.open()
+		res := testredis.Recv(t, warmed, "WarmAll to return")
+		stopReaders()
+		report, err := res.report, res.err
 		require.NoError(t, err)
 		require.Len(t, report.Jobs, 1)
 		assert.Equal(t, "memo:leaderboard", report.Jobs[0].Name)
@@ -336,7 +359,7 @@ func TestWarmEveryOneWarmerPerPeriod(t *testing.T) {
 			rdb.AddHook(rec)
 			m, err := New(rdb, &Options{Prefix: "test", Now: e.clock.Now})
 			require.NoError(t, err)
-			t.Cleanup(func() { _ = m.Close() })
+			t.Cleanup(func() { closeWithin(t, m) })
 			require.NoError(t, m.Warm("dashboard", func(ctx context.Context) (int, error) {
 				mu.Lock()
 				defer mu.Unlock()
@@ -347,7 +370,7 @@ func TestWarmEveryOneWarmerPerPeriod(t *testing.T) {
 			recs = append(recs, rec)
 		}
 		for _, m := range ms {
-			t.Cleanup(m.WarmEvery(interval))
+			stopWithin(t, m.WarmEvery(interval))
 		}
 
 		const periods = 4
@@ -364,7 +387,7 @@ func TestWarmEveryOneWarmerPerPeriod(t *testing.T) {
 				mu.Lock()
 				defer mu.Unlock()
 				return runs[n] > 0
-			}, 10*time.Second, time.Millisecond, "period %d", n)
+			}, testredis.Timeout, time.Millisecond, "every Manager to try to claim period %d, and one to warm it", n)
 			owner, err := ms[0].Client().Get(t.Context(), key).Result()
 			require.NoError(t, err)
 			assert.NotEmpty(t, owner)
@@ -388,17 +411,11 @@ func TestWarmEveryOneWarmerPerPeriod(t *testing.T) {
 	})
 }
 
-// warmPoll polls cond on the calling goroutine until it holds, failing t
-// when it does not within 10s.
-func warmPoll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+// stopWithin has WarmEvery's stop function, stop, called in t.Cleanup,
+// failing t when it does not return within testredis.Timeout (it waits for
+// a warm in progress).
+func stopWithin(t *testing.T, stop func()) {
+	t.Cleanup(func() { testredis.Within(t, "WarmEvery's schedule to stop", stop) })
 }
 
 // warmScheduleRunning reports whether any goroutine runs a WarmEvery.
@@ -424,20 +441,19 @@ func TestWarmEveryStopAndClose(t *testing.T) {
 				before := runtime.NumGoroutine()
 
 				stop := m.WarmEvery(time.Hour)
-				require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond, "start-up warming")
+				require.Eventually(t, func() bool { return runs.Load() == 1 }, testredis.Timeout, time.Millisecond, "the start-up warming")
 				require.True(t, warmScheduleRunning())
 
 				if end == "stop" {
-					stop()
+					testredis.Within(t, "WarmEvery's stop to return", stop)
 				} else {
-					require.NoError(t, m.Close())
+					closeWithin(t, m)
 				}
 				require.False(t, warmScheduleRunning(), "the schedule ended before %s returned", end)
-				// Polled on this goroutine: require.Eventually runs its condition
-				// on a goroutine of its own, which NumGoroutine would count.
-				warmPoll(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
-				stop() // idempotent, and after Close too
-				stop()
+				goroutinesBack(t, before)
+				// Idempotent, and after Close too.
+				testredis.Within(t, "a second stop to return", stop)
+				testredis.Within(t, "a third stop to return", stop)
 				assert.Equal(t, int32(1), runs.Load())
 			})
 		}
@@ -455,10 +471,11 @@ func TestWarmEveryFailureIsLoggedAndScheduleGoesOn(t *testing.T) {
 			runs.Add(1)
 			return 0, errors.New("report service unavailable")
 		}))
-		t.Cleanup(m.WarmEvery(interval))
+		stopWithin(t, m.WarmEvery(interval))
 
-		require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
-		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "cache: warming failed") }, 10*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return runs.Load() == 1 }, testredis.Timeout, time.Millisecond, "the start-up warming")
+		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "cache: warming failed") }, testredis.Timeout, time.Millisecond,
+			"the failed warming to be logged")
 		assert.Contains(t, logs.String(), "level=WARN")
 		assert.Contains(t, logs.String(), "report service unavailable")
 		r, ok := m.LastWarm()
@@ -466,7 +483,7 @@ func TestWarmEveryFailureIsLoggedAndScheduleGoesOn(t *testing.T) {
 		assert.Error(t, r.Err())
 
 		e.advance(interval)
-		require.Eventually(t, func() bool { return runs.Load() == 2 }, 10*time.Second, time.Millisecond, "the next period warms again")
+		require.Eventually(t, func() bool { return runs.Load() == 2 }, testredis.Timeout, time.Millisecond, "the next period to warm again")
 	})
 }
 
@@ -490,10 +507,9 @@ func (l *warmLog) String() string {
 
 func TestWarmAllEndsOnClose(t *testing.T) {
 	m := warmMini(t).manager(nil)
-	started := make(chan struct{})
+	g := newGate() // never opened: the job waits until its context ends
 	require.NoError(t, m.Warm("slow", func(ctx context.Context) (int, error) {
-		close(started)
-		<-ctx.Done()
+		_ = g.pass(ctx)
 		return 0, context.Cause(ctx)
 	}))
 	done := make(chan error, 1)
@@ -501,14 +517,9 @@ func TestWarmAllEndsOnClose(t *testing.T) {
 		_, err := m.WarmAll(context.Background())
 		done <- err
 	}()
-	<-started
-	require.NoError(t, m.Close())
-	select {
-	case err := <-done:
-		assert.ErrorIs(t, err, ErrClosed)
-	case <-time.After(10 * time.Second):
-		t.Fatal("WarmAll did not end on Close")
-	}
+	g.reached(t, "the warming job to start")
+	closeWithin(t, m)
+	assert.ErrorIs(t, testredis.Recv(t, done, "WarmAll to end on Close"), ErrClosed)
 }
 
 func TestWarmAllContextEnded(t *testing.T) {
@@ -526,7 +537,7 @@ func TestWarmAfterClose(t *testing.T) {
 	m := warmMini(t).manager(nil)
 	memo := Memoize(m, "leaderboard", func(ctx context.Context, region string) (int, error) { return 1, nil })
 	metrics := NewHash[int](m, "metrics")
-	require.NoError(t, m.Close())
+	closeWithin(t, m)
 
 	assert.ErrorIs(t, m.Warm("summary", func(ctx context.Context) (int, error) { return 0, nil }), ErrClosed)
 	assert.ErrorIs(t, memo.WarmWith(func(ctx context.Context) ([]string, error) { return nil, nil }), ErrClosed)
@@ -534,7 +545,7 @@ func TestWarmAfterClose(t *testing.T) {
 	_, err := m.WarmAll(t.Context())
 	assert.ErrorIs(t, err, ErrClosed)
 	stop := m.WarmEvery(time.Minute)
-	stop() // does nothing, and does not block
+	testredis.Within(t, "stop after Close to return", stop) // it does nothing
 	assert.False(t, warmScheduleRunning())
 }
 
@@ -545,13 +556,8 @@ func TestWarmBadInput(t *testing.T) {
 
 	memo := Memoize(m, "leaderboard", func(ctx context.Context, region string) (int, error) { return 1, nil })
 	assert.ErrorIs(t, memo.WarmWith(nil), ErrInvalidOption)
-	noName := Memoize(m, "", func(ctx context.Context, region string) (int, error) { return 1, nil })
-	assert.ErrorIs(t, noName.WarmWith(func(ctx context.Context) ([]string, error) { return nil, nil }), ErrInvalidKey)
-
 	metrics := NewHash[int](m, "metrics")
 	assert.ErrorIs(t, metrics.WarmWith(nil), ErrInvalidOption)
-	unnamed := NewHash[int](m, "")
-	assert.ErrorIs(t, unnamed.WarmWith(func(ctx context.Context) (map[string]int, error) { return nil, nil }), ErrInvalidKey)
 
 	report, err := m.WarmAll(t.Context())
 	require.NoError(t, err)
@@ -583,26 +589,20 @@ func TestHashWarmNoStaleSet(t *testing.T) {
 		ctx := t.Context()
 		h := NewHash[int](m, "metrics")
 		var version atomic.Int64
-		loads := 0
-		invalidate := make(chan struct{})
-		done := make(chan struct{})
+		loads := 0 // the job's loads, which run one after the other
 		require.NoError(t, h.WarmWith(func(ctx context.Context) (map[string]int, error) {
 			loads++
 			v := int(version.Load())
 			if loads == 1 {
-				close(invalidate) // the application changes the source and invalidates now
-				if err := await(ctx, done); err != nil {
-					return nil, err
+				// The application changes the source and invalidates
+				// while this load runs, after it read the source.
+				version.Store(2)
+				if !assert.NoError(t, m.Invalidate(ctx, h.Field("Pune-03"))) {
+					return nil, errors.New("the invalidation failed")
 				}
 			}
 			return map[string]int{"Pune-03": v, "Pune-04": v}, nil
 		}))
-		go func() {
-			<-invalidate
-			version.Store(2)
-			assert.NoError(t, m.Invalidate(ctx, h.Field("Pune-03")))
-			close(done)
-		}()
 		r, err := m.WarmAll(ctx)
 		require.NoError(t, err)
 		assert.Equal(t, 2, loads, "the voided store made the job load again")
@@ -615,7 +615,10 @@ func TestHashWarmNoStaleSet(t *testing.T) {
 		// A warm that keeps being invalidated gives up with an error, storing nothing.
 		h2 := NewHash[int](m, "busy")
 		require.NoError(t, h2.WarmWith(func(ctx context.Context) (map[string]int, error) {
-			require.NoError(t, m.Invalidate(ctx, h2.Field("x")))
+			// A job runs on a goroutine of WarmAll's: assert, not require.
+			if !assert.NoError(t, m.Invalidate(ctx, h2.Field("x"))) {
+				return nil, errors.New("the invalidation failed")
+			}
 			return map[string]int{"x": 1}, nil
 		}))
 		_, err = m.WarmAll(ctx)

@@ -112,7 +112,7 @@ func newManager(b *testing.B, rdb redis.UniversalClient, opts *cache.Options) *c
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = m.Close() })
+	b.Cleanup(func() { within(b, "the Manager to close", func() { _ = m.Close() }) })
 	return m
 }
 
@@ -416,7 +416,7 @@ func BenchmarkStampede(b *testing.B) {
 				}
 				t0 = time.Now()
 				close(start)
-				wg.Wait()
+				within(b, "the stampede's callers to get their values", wg.Wait)
 				if err := failed.Load(); err != nil {
 					b.Fatal(*err)
 				}
@@ -579,7 +579,7 @@ func readSteadily(b *testing.B, get func(context.Context) ([]row, error)) []time
 			})
 		}
 	}
-	wg.Wait()
+	within(b, "the steady reads to return", wg.Wait)
 	if err := failed.Load(); err != nil {
 		b.Fatal(*err)
 	}

@@ -66,6 +66,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// waitTimeout bounds the benchmarks' waits for their goroutines and for a
+// Manager's Close: far above what they take, so that only a hang reaches it.
+const waitTimeout = time.Minute
+
+// within runs f on a goroutine of its own and waits for it to return,
+// failing tb, with what did not happen, when it has not within waitTimeout.
+// f must not call tb.FailNow. Call within from the benchmark's goroutine or
+// a Cleanup function.
+func within(tb testing.TB, what string, f func()) {
+	tb.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	t := time.NewTimer(waitTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		tb.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
+	}
+}
+
 // newClient returns a client to the benchmarks' redis-server with go-redis's
 // default options, as a service would build it.
 func newClient(tb testing.TB) *redis.Client {

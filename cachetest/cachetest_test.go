@@ -15,12 +15,14 @@ import (
 
 	"github.com/stockpot-go/cache"
 	"github.com/stockpot-go/cache/cachetest"
+	"github.com/stockpot-go/cache/internal/testredis"
 )
 
 // A memo entry is a hit until Advance moves past its TTL, and is then gone
 // from Redis and loaded again.
 func TestAdvancePastTTLExpiresMemoEntry(t *testing.T) {
 	env := cachetest.New(t, nil)
+	closeWithin(t, env.Manager)
 	ctx := t.Context()
 	var calls atomic.Int32
 	price := cache.Memoize(env.Manager, "price", func(ctx context.Context, pizza string) (int, error) {
@@ -55,6 +57,7 @@ func TestAdvancePastTTLExpiresMemoEntry(t *testing.T) {
 // Manager, on the Env's clock, serves it stale and refreshes it.
 func TestAdvanceIntoStaleWindow(t *testing.T) {
 	env := cachetest.New(t, nil)
+	closeWithin(t, env.Manager)
 	ctx := t.Context()
 	var version atomic.Int32
 	tweets := cache.Memoize(env.Manager, "tweets", func(ctx context.Context, user string) (int32, error) {
@@ -72,13 +75,13 @@ func TestAdvanceIntoStaleWindow(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v, err := tweets.Get(ctx, "gopher")
 		return err == nil && v == 2
-	}, 5*time.Second, 5*time.Millisecond, "the background refresh stores the new value")
+	}, testredis.Timeout, 5*time.Millisecond, "the background refresh to store the new value")
 
 	require.GreaterOrEqual(t, env.Manager.Stats().ByName["memo:tweets"].StaleHits, uint64(1))
 	// The refresh counts its success just after storing the value.
 	require.Eventually(t, func() bool {
 		return env.Manager.Stats().ByName["memo:tweets"].RefreshesSucceeded == 1
-	}, 5*time.Second, time.Millisecond)
+	}, testredis.Timeout, time.Millisecond, "the refresh to be counted as succeeded")
 }
 
 // Clock.Add alone moves the Managers' idea of freshness, not Redis: a hash
@@ -86,6 +89,7 @@ func TestAdvanceIntoStaleWindow(t *testing.T) {
 func TestClockDecidesFreshness(t *testing.T) {
 	env := cachetest.New(t, nil)
 	other := env.NewManager(t, nil)
+	closeWithin(t, env.Manager, other)
 	ctx := t.Context()
 	sessions := cache.NewHash[string](env.Manager, "sessions", cache.TTL(time.Hour))
 	require.NoError(t, sessions.Set(ctx, "c-1", "cart: 2 margheritas"))
@@ -103,6 +107,7 @@ func TestClockDecidesFreshness(t *testing.T) {
 func TestManagersShareData(t *testing.T) {
 	env := cachetest.New(t, &cache.Options{Prefix: "pizzeria"})
 	a, b := env.Manager, env.NewManager(t, &cache.Options{Prefix: "pizzeria"})
+	closeWithin(t, a, b)
 	ctx := t.Context()
 
 	require.NoError(t, a.Set(ctx, "special", "quattro formaggi"))
@@ -128,7 +133,7 @@ func TestManagersShareData(t *testing.T) {
 			assert.Equal(t, 42, n)
 		})
 	}
-	wg.Wait()
+	testredis.Wait(t, &wg, "4 callers on 2 Managers to get the value")
 	require.Equal(t, int32(1), loads.Load(), "one load across both Managers")
 
 	lock, err := a.TryLock(ctx, "order:7", time.Minute)
@@ -143,6 +148,7 @@ func TestManagersShareData(t *testing.T) {
 func TestAdvanceExpiresLock(t *testing.T) {
 	env := cachetest.New(t, nil)
 	other := env.NewManager(t, nil)
+	closeWithin(t, env.Manager, other)
 	ctx := t.Context()
 
 	first, err := env.Manager.Lock(ctx, "inventory:flour", 10*time.Second)
@@ -160,6 +166,7 @@ func TestAdvanceExpiresLock(t *testing.T) {
 func TestNewCopiesOptions(t *testing.T) {
 	opts := &cache.Options{Prefix: "scoopjoy"}
 	env := cachetest.New(t, opts)
+	closeWithin(t, env.Manager)
 	require.Nil(t, opts.Now)
 	require.Equal(t, "scoopjoy:kitchen_queue", env.Manager.Key("kitchen_queue"))
 }
@@ -168,6 +175,7 @@ func TestNewCopiesOptions(t *testing.T) {
 // agrees with the Managers.
 func TestAdvanceMovesRedisTime(t *testing.T) {
 	env := cachetest.New(t, nil)
+	closeWithin(t, env.Manager)
 	ctx := t.Context()
 	before := env.Clock.Now()
 
@@ -183,11 +191,14 @@ func TestCleanupClosesEverything(t *testing.T) {
 	var env *cachetest.Env
 	var other *cache.Manager
 	var addr string
-	t.Run("user", func(t *testing.T) {
-		env = cachetest.New(t, nil)
-		other = env.NewManager(t, nil)
-		addr = env.Redis.Addr()
-		require.NoError(t, env.Manager.Set(t.Context(), "k", 1))
+	// The subtest's end runs cachetest's own cleanup, Close included.
+	testredis.Within(t, "the subtest to end and its cleanup to run", func() {
+		t.Run("user", func(t *testing.T) {
+			env = cachetest.New(t, nil)
+			other = env.NewManager(t, nil)
+			addr = env.Redis.Addr()
+			require.NoError(t, env.Manager.Set(t.Context(), "k", 1))
+		})
 	})
 	ctx := t.Context()
 
@@ -197,6 +208,18 @@ func TestCleanupClosesEverything(t *testing.T) {
 
 	_, err := net.DialTimeout("tcp", addr, time.Second)
 	require.Error(t, err, "miniredis no longer listens")
+}
+
+// closeWithin closes ms when t ends, before cachetest's own cleanup, which
+// waits for Close without a bound, gets to them: it fails t when one does
+// not close within testredis.Timeout.
+func closeWithin(t *testing.T, ms ...*cache.Manager) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, m := range ms {
+			testredis.CloseWithin(t, "the Manager", m)
+		}
+	})
 }
 
 // fatalTB records a test's Fatalf and ends its goroutine, as testing.T does.
@@ -219,13 +242,14 @@ func TestNewFailsTheTestOnInvalidOptions(t *testing.T) {
 		cachetest.New(tb, &cache.Options{Prefix: "{bad}"})
 		t.Error("New returned")
 	}()
-	<-done
+	testredis.Recv(t, done, "New to fail the test")
 	require.Contains(t, tb.msg, "cache.New")
 }
 
 // The clock is safe for concurrent use.
 func TestClockConcurrent(t *testing.T) {
 	env := cachetest.New(t, nil)
+	closeWithin(t, env.Manager)
 	start := env.Clock.Now()
 	var wg sync.WaitGroup
 	for range 8 {
@@ -236,6 +260,6 @@ func TestClockConcurrent(t *testing.T) {
 			}
 		})
 	}
-	wg.Wait()
+	testredis.Wait(t, &wg, "8 goroutines to move the clock")
 	require.Equal(t, start.Add(800*time.Millisecond), env.Clock.Now())
 }

@@ -42,7 +42,7 @@ type Dashboard struct {
 // invalidation rules of the invoice events, and the warming jobs.
 func NewDashboard(m *cache.Manager, store *Store) (*Dashboard, error) {
 	d := &Dashboard{m: m, store: store, outlets: outletIDs()}
-	d.metrics = cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(metricsTTL))
+	d.metrics = cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(metricsTTL), cache.RememberMissing())
 	d.leaderboard = cache.Memoize(m, "franchise_leaderboard", d.loadLeaderboard,
 		cache.TTL(leaderboardTTL), cache.TagsFor(leaderboardTags))
 
@@ -139,13 +139,25 @@ func (d *Dashboard) loadSummary(ctx context.Context) (Summary, error) {
 	return d.store.Summary(), nil
 }
 
-func (d *Dashboard) loadOutlet(ctx context.Context, outlet string) (OutletMetrics, error) {
-	countLoad(ctx)
-	m, ok := d.store.OutletMetrics(outlet)
-	if !ok {
-		return m, cache.ErrNotFound
+// loadOutlets computes the metrics of outlets, one entry each, in one
+// scan of the invoices when there are several; an unknown outlet is left
+// out (and remembered as not found: see RememberMissing in New).
+func (d *Dashboard) loadOutlets(ctx context.Context, outlets []string) (map[string]OutletMetrics, error) {
+	countLoadN(ctx, len(outlets))
+	out := make(map[string]OutletMetrics, len(outlets))
+	if len(outlets) == 1 {
+		if m, ok := d.store.OutletMetrics(outlets[0]); ok {
+			out[outlets[0]] = m
+		}
+		return out, nil
 	}
-	return m, nil
+	all := d.store.AllOutletMetrics()
+	for _, o := range outlets {
+		if m, ok := all[o]; ok {
+			out[o] = m
+		}
+	}
+	return out, nil
 }
 
 func (d *Dashboard) loadTrending(ctx context.Context) ([]TrendingItem, error) {
@@ -176,9 +188,12 @@ func countLoads(ctx context.Context) (context.Context, *atomic.Int64) {
 	return context.WithValue(ctx, loadsKey{}, n), n
 }
 
-func countLoad(ctx context.Context) {
-	if n, ok := ctx.Value(loadsKey{}).(*atomic.Int64); ok {
-		n.Add(1)
+func countLoad(ctx context.Context) { countLoadN(ctx, 1) }
+
+// countLoadN counts n entries computed.
+func countLoadN(ctx context.Context, n int) {
+	if c, ok := ctx.Value(loadsKey{}).(*atomic.Int64); ok {
+		c.Add(int64(n))
 	}
 }
 
@@ -240,30 +255,19 @@ func (d *Dashboard) Leaderboard(ctx context.Context, q LeaderboardQuery) ([]Row,
 	})
 }
 
-// Outlets returns every outlet's metrics: the fields the hash holds in one
-// HGETALL, and a GetOrLoad for each one it lacks.
+// Outlets returns every outlet's metrics with one batch read: the fields
+// the hash holds in one round trip, and one load for all those it lacks
+// (from the loader alone if Redis is down).
 func (d *Dashboard) Outlets(ctx context.Context) ([]OutletMetrics, Served, error) {
 	start := time.Now()
-	all, err := d.metrics.All(ctx)
-	if err != nil && ctx.Err() != nil {
+	ctx, loads := countLoads(ctx)
+	all, err := d.metrics.GetOrLoadMany(ctx, d.outlets, d.loadOutlets)
+	if err != nil {
 		return nil, Served{}, err
 	}
-	// On any other error (Redis down, fields that do not decode) the
-	// fields All did not return are loaded one by one below, from the
-	// loader alone if Redis is down.
-	if all == nil {
-		all = map[string]OutletMetrics{}
-	}
-	ctx, loads := countLoads(ctx)
 	out := make([]OutletMetrics, 0, len(d.outlets))
 	for _, o := range d.outlets {
-		m, ok := all[o]
-		if !ok {
-			if m, err = d.metrics.GetOrLoad(ctx, o, d.loadOutlet); err != nil {
-				return nil, Served{}, err
-			}
-		}
-		out = append(out, m)
+		out = append(out, all[o])
 	}
 	computed := int(loads.Load())
 	return out, newServed("outlet metrics", computed, len(d.outlets)-computed, time.Since(start)), nil

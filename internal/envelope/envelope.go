@@ -8,12 +8,17 @@
 //	            starts with, so values written by other programs are told apart)
 //	byte 1      format version, 1
 //	byte 2      flags: bit 0 compressed (S2), bit 1 negative entry (a
-//	            remembered "not found"); other bits must be zero
+//	            remembered "not found"), bit 2 tagged; other bits must be
+//	            zero
 //	uvarint     written-at, Unix milliseconds
 //	uvarint     fresh-until, Unix milliseconds; 0 when the entry has no
 //	            freshness of its own (it is fresh while Redis keeps it)
 //	uvarint     load duration, microseconds (0 when the value was not loaded)
 //	uvarint     generation of the entry's container (memo or hash); 0 for none
+//	tags        only when the tagged flag is set: a uvarint byte length, then
+//	            for each tag the entry was stored with, a uvarint name length,
+//	            the name, and a uvarint: the tag's generation when the entry
+//	            was stored
 //	rest        the payload: the value as its codec encoded it, compressed
 //	            when the compressed flag is set
 //
@@ -41,8 +46,10 @@ const (
 	Compressed Flags = 1 << iota
 	// Negative marks a remembered miss: the payload is empty.
 	Negative
+	// Tagged marks a header with a tags section (Header.Tags).
+	Tagged
 
-	known = Compressed | Negative
+	known = Compressed | Negative | Tagged
 )
 
 // Header is the envelope's metadata.
@@ -52,22 +59,73 @@ type Header struct {
 	FreshUntil   int64  // Unix milliseconds; 0 for none
 	LoadDuration uint64 // microseconds
 	Gen          uint64 // container generation; 0 for none
+	// Tags is the tags section, built with AppendTag and read with NextTag;
+	// nil for none. Decode's aliases the bytes it decoded.
+	Tags []byte
 }
 
 // ErrCorrupt is wrapped by every Decode error.
 var ErrCorrupt = errors.New("envelope: not a stockpot value")
 
-// MaxHeaderLen is the most bytes a header takes.
-const MaxHeaderLen = 3 + 4*binary.MaxVarintLen64
-
-// Append appends the envelope of payload with header h to dst.
+// Append appends the envelope of payload with header h to dst. The tagged
+// flag is set when h has tags, and cleared when it has none.
 func Append(dst []byte, h Header, payload []byte) []byte {
-	dst = append(dst, Magic, Version, byte(h.Flags))
+	flags := h.Flags &^ Tagged
+	if len(h.Tags) > 0 {
+		flags |= Tagged
+	}
+	dst = append(dst, Magic, Version, byte(flags))
 	dst = binary.AppendUvarint(dst, uint64(h.WrittenAt))
 	dst = binary.AppendUvarint(dst, uint64(h.FreshUntil))
 	dst = binary.AppendUvarint(dst, h.LoadDuration)
 	dst = binary.AppendUvarint(dst, h.Gen)
+	if len(h.Tags) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(h.Tags)))
+		dst = append(dst, h.Tags...)
+	}
 	return append(dst, payload...)
+}
+
+// HeaderLen returns the length of h's encoding.
+func HeaderLen(h Header) int {
+	n := 3 + uvarintLen(uint64(h.WrittenAt)) + uvarintLen(uint64(h.FreshUntil)) + uvarintLen(h.LoadDuration) + uvarintLen(h.Gen)
+	if len(h.Tags) > 0 {
+		n += uvarintLen(uint64(len(h.Tags))) + len(h.Tags)
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+// AppendTag appends the tag name, with its generation gen, to a tags
+// section.
+func AppendTag(tags []byte, name string, gen uint64) []byte {
+	tags = binary.AppendUvarint(tags, uint64(len(name)))
+	tags = append(tags, name...)
+	return binary.AppendUvarint(tags, gen)
+}
+
+// NextTag returns the first tag of a tags section, its generation, and the
+// rest of the section; ok is false at the section's end, or when it does
+// not parse (Decode checks that it does).
+func NextTag(tags []byte) (name []byte, gen uint64, rest []byte, ok bool) {
+	n, k := binary.Uvarint(tags)
+	if k <= 0 || n > uint64(len(tags)-k) {
+		return nil, 0, nil, false
+	}
+	name, tags = tags[k:k+int(n)], tags[k+int(n):]
+	gen, k = binary.Uvarint(tags)
+	if k <= 0 {
+		return nil, 0, nil, false
+	}
+	return name, gen, tags[k:], true
 }
 
 // Decode splits b into its header and payload. The payload aliases b.
@@ -99,6 +157,19 @@ func Decode(b []byte) (Header, []byte, error) {
 	h.Gen = fields[3]
 	if h.WrittenAt < 0 || h.FreshUntil < 0 {
 		return h, nil, fmt.Errorf("%w: time out of range", ErrCorrupt)
+	}
+	if h.Flags&Tagged != 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n == 0 || n > uint64(len(b)-k) {
+			return h, nil, fmt.Errorf("%w: truncated tags", ErrCorrupt)
+		}
+		h.Tags, b = b[k:k+int(n)], b[k+int(n):]
+		for rest := h.Tags; len(rest) > 0; {
+			var ok bool
+			if _, _, rest, ok = NextTag(rest); !ok {
+				return h, nil, fmt.Errorf("%w: malformed tags", ErrCorrupt)
+			}
+		}
 	}
 	if h.Flags&Negative != 0 && len(b) != 0 {
 		return h, nil, fmt.Errorf("%w: negative entry with a payload", ErrCorrupt)

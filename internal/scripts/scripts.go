@@ -9,16 +9,20 @@ import (
 )
 
 var (
-	//go:embed acquire.lua
-	acquireSrc string
-	//go:embed store.lua
-	storeSrc string
+	//go:embed acquire_many.lua
+	acquireManySrc string
+	//go:embed store_many.lua
+	storeManySrc string
+	//go:embed release_many.lua
+	releaseManySrc string
 	//go:embed renew.lua
 	renewSrc string
 	//go:embed release.lua
 	releaseSrc string
-	//go:embed tag_add.lua
-	tagAddSrc string
+	//go:embed tag_gen.lua
+	tagGenSrc string
+	//go:embed gens.lua
+	gensSrc string
 	//go:embed store_fields.lua
 	storeFieldsSrc string
 	//go:embed lock_obtain.lua
@@ -38,10 +42,12 @@ func newScript(src string) *Script { return &Script{Script: redis.NewScript(src)
 
 // The scripts, by file name.
 var (
-	Acquire     = newScript(acquireSrc)
-	Store       = newScript(storeSrc)
+	AcquireMany = newScript(acquireManySrc)
+	StoreMany   = newScript(storeManySrc)
+	ReleaseMany = newScript(releaseManySrc)
 	Renew       = newScript(renewSrc)
-	TagAdd      = newScript(tagAddSrc)
+	TagGen      = newScript(tagGenSrc)
+	Gens        = newScript(gensSrc)
 	StoreFields = newScript(storeFieldsSrc)
 	// Release deletes a key that holds a token, only while it holds that
 	// token: a load's lease, or a distributed lock.
@@ -56,4 +62,4 @@ var (
 var LockRelease = Release
 
 // All lists every script, for loading them ahead of their first use.
-var All = []*Script{Acquire, Store, Renew, Release, TagAdd, StoreFields, LockObtain, LockRefresh}
+var All = []*Script{AcquireMany, StoreMany, ReleaseMany, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}

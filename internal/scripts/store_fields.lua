@@ -9,8 +9,9 @@
 -- ARGV[2]    the field version seen before loading
 -- ARGV[3]    the hash's time to live, milliseconds; 0 for none
 -- ARGV[4..]  field, value, field, value, ...
--- Returns 1 when written, 0 when an invalidation came between.
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] or (redis.call('GET', KEYS[3]) or '0') ~= ARGV[2] then
+-- Returns 1 when written, 0 when an invalidation came between (or either key
+-- was lost: a missing generation or version never matches).
+if redis.call('GET', KEYS[2]) ~= ARGV[1] or redis.call('GET', KEYS[3]) ~= ARGV[2] then
   return 0
 end
 for i = 4, #KEYS do

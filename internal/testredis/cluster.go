@@ -197,7 +197,7 @@ func (c *Cluster) Addrs() []string {
 	return addrs
 }
 
-// Client returns a new cluster client with 1s dial, read and write timeouts,
+// Client returns a new cluster client with 5s dial, read and write timeouts,
 // closed in t.Cleanup. It sends every command to its slot's master and
 // follows MOVED and ASK redirects (up to go-redis's default MaxRedirects).
 func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {

@@ -10,6 +10,11 @@
 // Tests that need a real server skip with a loud message when redis-server
 // (or, for a cluster, redis-cli) is not on PATH, unless the environment sets
 // STOCKPOT_REQUIRE_REDIS=1, in which case the missing binary is a failure.
+//
+// No test waits without a bound: [Recv], [Wait], [Within] and [CloseWithin]
+// wait at most [Timeout] for a value, a WaitGroup, a call or a Close, and
+// fail the test with what did not happen; polled conditions use
+// require.Eventually with the same Timeout.
 package testredis
 
 import (
@@ -39,9 +44,14 @@ const RequireEnv = "STOCKPOT_REQUIRE_REDIS"
 const (
 	// startTimeout bounds how long Start and Restart wait for PING.
 	startTimeout = 10 * time.Second
-	// clientTimeout is the default dial, read and write timeout of clients
-	// made by Server.Client.
-	clientTimeout = time.Second
+	// clientTimeout is the dial, read and write timeout of the clients that
+	// Server.Client and Cluster.Client make, and of the harness's own. It
+	// is generous: a busy machine running the race detector can starve a
+	// process for a second, and a behaviour test must not take that for
+	// Redis failing (the Manager's circuit breaker would open, and loads
+	// fall back to the loader). Fault tests set short timeouts of their
+	// own with ClientWith.
+	clientTimeout = 5 * time.Second
 	// startAttempts is how many free ports Start tries before giving up, in
 	// case another process takes the port between choosing and binding it.
 	startAttempts = 3
@@ -211,7 +221,7 @@ func (s *Server) Addr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
 }
 
-// Client returns a new client to the server with 1s dial, read and write
+// Client returns a new client to the server with 5s dial, read and write
 // timeouts, closed in t.Cleanup.
 func (s *Server) Client(t testing.TB) *redis.Client {
 	t.Helper()
