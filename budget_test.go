@@ -94,6 +94,24 @@ func sleepLoader[T any](v T, n *atomic.Int64) func(context.Context) (T, error) {
 	}
 }
 
+// sleepBatchLoader returns a batch loader that gives v for every missing
+// key, takes testLoaderTime (or until its ctx ends) and counts its calls in
+// n.
+func sleepBatchLoader[T any](v T, n *atomic.Int64) func(context.Context, []string) (map[string]T, error) {
+	load := sleepLoader(v, n)
+	return func(ctx context.Context, missing []string) (map[string]T, error) {
+		v, err := load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out := make(map[string]T, len(missing))
+		for _, k := range missing {
+			out[k] = v
+		}
+		return out, nil
+	}
+}
+
 // timed returns how long f took, and the longest the process stalled
 // meanwhile: how late a 1ms sleep on another goroutine woke up, at worst.
 func timed(f func()) (took, stalled time.Duration) {
@@ -158,8 +176,13 @@ func TestCallerDeadlineHonoured(t *testing.T) {
 				{"cold GetOrLoad", func(ctx context.Context) error { _, err := GetOrLoad(ctx, m, "cold", load); return err }, false},
 				{"warm GetOrLoad", func(ctx context.Context) error { _, err := GetOrLoad(ctx, m, "warm", load); return err }, false},
 				{"Memo.Get", func(ctx context.Context) error { _, err := memo.Get(ctx, 1); return err }, false},
+				{"cold GetOrLoadMany", func(ctx context.Context) error {
+					_, err := GetOrLoadMany(ctx, m, []string{"cold1", "cold2", "cold3"}, sleepBatchLoader("v", &loads))
+					return err
+				}, false},
 				{"Get", func(ctx context.Context) error { return m.Get(ctx, "warm", new(string)) }, true},
 				{"Set", func(ctx context.Context) error { return m.Set(ctx, "k", "v") }, true},
+				{"Invalidate", func(ctx context.Context) error { return m.Invalidate(ctx, Key("warm"), Tag("t")) }, true},
 			}
 			for _, c := range calls {
 				ctx, cancel := context.WithTimeout(ctx, deadline)
@@ -365,7 +388,8 @@ func TestSlowRedisTable(t *testing.T) {
 		{"blackhole", func() { proxy.SetBlackhole(true) }},
 	}
 	kinds := []string{"GetOrLoad cold", "GetOrLoad warm", "Memo.Get cold", "Memo.Get warm",
-		"Hash.GetOrLoad cold", "Hash.GetOrLoad warm", "Get", "Set", "Invalidate", "Lock"}
+		"Hash.GetOrLoad cold", "Hash.GetOrLoad warm", "GetOrLoadMany cold", "GetOrLoadMany warm",
+		"Get", "Set", "Invalidate", "Lock"}
 	loaded := func(kind string) bool { return strings.Contains(kind, "Load") || strings.HasPrefix(kind, "Memo") }
 	const samples = 3
 	waited := make(map[string]map[string]time.Duration) // kind → fault → slowest
@@ -377,8 +401,14 @@ func TestSlowRedisTable(t *testing.T) {
 		memo := Memoize(m, "memo", func(ctx context.Context, n int) (string, error) { return load(ctx) })
 		hash := NewHash[string](m, "hash")
 		hload := func(ctx context.Context, field string) (string, error) { return load(ctx) }
+		bload := sleepBatchLoader("v", &loads)
+		warmBatch := func(i int) []string {
+			return []string{fmt.Sprint("bwarm", i, "a"), fmt.Sprint("bwarm", i, "b"), fmt.Sprint("bwarm", i, "c")}
+		}
 		for i := range samples {
-			_, err := GetOrLoad(ctx, m, fmt.Sprint("warm", i), load)
+			_, err := GetOrLoadMany(ctx, m, warmBatch(i), bload)
+			require.NoError(t, err)
+			_, err = GetOrLoad(ctx, m, fmt.Sprint("warm", i), load)
 			require.NoError(t, err)
 			_, err = memo.Get(ctx, -i-1)
 			require.NoError(t, err)
@@ -404,6 +434,10 @@ func TestSlowRedisTable(t *testing.T) {
 						_, err = hash.GetOrLoad(ctx, cold, hload)
 					case "Hash.GetOrLoad warm":
 						_, err = hash.GetOrLoad(ctx, fmt.Sprint("warm", i), hload)
+					case "GetOrLoadMany cold":
+						_, err = GetOrLoadMany(ctx, m, []string{cold + "a", cold + "b", cold + "c"}, bload)
+					case "GetOrLoadMany warm":
+						_, err = GetOrLoadMany(ctx, m, warmBatch(i), bload)
 					case "Get":
 						err = m.Get(ctx, fmt.Sprint("warm", i), new(string))
 					case "Set":
