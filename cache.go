@@ -87,7 +87,8 @@ type Options struct {
 	Local *LocalOptions
 
 	// Timeout is the time budget of each cache operation's Redis work: a
-	// loaded read (GetOrLoad, Memo.Get, Hash.GetOrLoad), a write or a
+	// loaded read (GetOrLoad, Memo.Get, Hash.GetOrLoad, or a batch of them:
+	// GetOrLoadMany, Memo.GetMany, Hash.GetOrLoadMany), a write or a
 	// Refresh may spend that long waiting for Redis in all, other calls
 	// (a plain read, each round trip of an invalidation, each attempt of a
 	// lock) that long each. Time spent running the loader, or waiting for
