@@ -279,7 +279,7 @@ func TestFirstLoadRoundTrips(t *testing.T) {
 	rdb := srv.Client(t)
 	m, err := New(rdb, &Options{Prefix: "test"})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	require.Eventually(t, func() bool {
 		hashes := make([]string, len(scripts.All))
@@ -288,7 +288,7 @@ func TestFirstLoadRoundTrips(t *testing.T) {
 		}
 		found, err := rdb.ScriptExists(ctx, hashes...).Result()
 		return err == nil && !slices.Contains(found, false)
-	}, 10*time.Second, 5*time.Millisecond, "New did not load the scripts")
+	}, testredis.Timeout, 5*time.Millisecond, "New did not load the scripts")
 
 	rec := &commandLog{}
 	rdb.AddHook(rec)
@@ -342,7 +342,7 @@ func TestScriptsLoadedAgainAfterRestart(t *testing.T) {
 	rdb := srv.Client(t)
 	m, err := New(rdb, &Options{Prefix: "test"})
 	require.NoError(t, err)
-	defer m.Close()
+	t.Cleanup(func() { closeWithin(t, m) })
 	scriptsLoaded(t, m)
 	ctx := t.Context()
 	srv.Kill()
@@ -351,7 +351,8 @@ func TestScriptsLoadedAgainAfterRestart(t *testing.T) {
 	for i, s := range scripts.All {
 		hashes[i] = s.Hash()
 	}
-	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, testredis.Timeout, 5*time.Millisecond,
+		"the restarted server did not answer PING")
 	found, err := rdb.ScriptExists(ctx, hashes...).Result()
 	require.NoError(t, err)
 	require.NotContains(t, found, true, "the restarted server has no scripts")
@@ -362,7 +363,7 @@ func TestScriptsLoadedAgainAfterRestart(t *testing.T) {
 	require.Eventually(t, func() bool {
 		found, err := rdb.ScriptExists(ctx, hashes...).Result()
 		return err == nil && !slices.Contains(found, false)
-	}, 10*time.Second, 5*time.Millisecond, "the Manager did not load its scripts again after NOSCRIPT")
+	}, testredis.Timeout, 5*time.Millisecond, "the Manager did not load its scripts again after NOSCRIPT")
 }
 
 // TestSlowRedisTable measures how long a caller waits, for each kind of

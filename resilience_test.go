@@ -346,10 +346,10 @@ func TestBreakerIsTheManagersOwn(t *testing.T) {
 	rdb.AddHook(traced)
 	a, err := New(rdb, &Options{Prefix: "a", Breaker: BreakerOptions{Failures: 1, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer a.Close()
+	t.Cleanup(func() { closeWithin(t, a) })
 	b, err := New(rdb, &Options{Prefix: "b", Breaker: BreakerOptions{Failures: 1, CoolDown: time.Minute}})
 	require.NoError(t, err)
-	defer b.Close()
+	t.Cleanup(func() { closeWithin(t, b) })
 	scriptsLoaded(t, a)
 	scriptsLoaded(t, b)
 	ctx := t.Context()
@@ -361,7 +361,7 @@ func TestBreakerIsTheManagersOwn(t *testing.T) {
 	require.Equal(t, "open", a.BreakerState())
 	assert.Equal(t, "closed", b.BreakerState(), "another Manager's breaker is its own")
 	srv.Restart()
-	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return rdb.Ping(ctx).Err() == nil }, testredis.Timeout, 5*time.Millisecond,
 		"the application's commands are not failed by a Manager's open breaker")
 	assert.NoError(t, b.Set(ctx, "k", 2), "a Manager whose breaker is closed uses Redis")
 	assert.ErrorIs(t, a.Get(ctx, "k", new(int)), ErrUnavailable, "an open breaker fails its Manager's calls until its cool-down ends")
@@ -391,7 +391,7 @@ func TestClosedManagerIsCollected(t *testing.T) {
 		default:
 			return false
 		}
-	}, 10*time.Second, 10*time.Millisecond, "a closed Manager is still reachable")
+	}, testredis.Timeout, 10*time.Millisecond, "a closed Manager is still reachable")
 	require.NoError(t, rdb.Ping(ctx).Err())
 }
 
@@ -458,6 +458,6 @@ func TestClusterMasterDownOpensItsBreakerOnly(t *testing.T) {
 		before := m.Stats().ByName["keys"].Hits
 		_, err := GetOrLoad(ctx, m, down, load)
 		return err == nil && m.Stats().ByName["keys"].Hits > before
-	}, 10*time.Second, 20*time.Millisecond, "the master's keys are read from Redis once it answers again")
+	}, testredis.Timeout, 20*time.Millisecond, "the master's keys are read from Redis once it answers again")
 	assert.Equal(t, "closed", m.Stats().Breakers[addrs[0]])
 }

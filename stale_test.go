@@ -305,14 +305,14 @@ func TestRefreshBacksOffWhenUpstreamFails(t *testing.T) {
 		require.Equal(t, []string{"ana-tweet-v0"}, v, "the stale value")
 		time.Sleep(100 * time.Microsecond) // reads spread over the refreshes' time
 	}
-	require.Eventually(t, failed(1), 5*time.Second, time.Millisecond)
+	require.Eventually(t, failed(1), testredis.Timeout, time.Millisecond, "the first refresh did not fail")
 	assert.Equal(t, int32(2), src.calls.Load(), "one refresh for 100 stale reads of a failing upstream")
 
 	// Past the backoff, one more refresh; its backoff is longer.
 	e.clock.Add(refreshBackoffMin)
 	_, err = feed.Get(ctx, "ana")
 	require.NoError(t, err)
-	require.Eventually(t, failed(2), 5*time.Second, time.Millisecond)
+	require.Eventually(t, failed(2), testredis.Timeout, time.Millisecond, "the refresh past the backoff did not fail")
 	e.clock.Add(refreshBackoffMin)
 	for range 10 {
 		_, err = feed.Get(ctx, "ana")
