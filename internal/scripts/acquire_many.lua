@@ -12,25 +12,31 @@
 -- by another, 2 a value is there and the lease was not asked for) and
 -- generation ('' for none), flattened.
 local out = {}
+local gens = {} -- generations read or set, by key: a memo's entries share one
 local k = 1
 for a = 2, #ARGV, 5 do
   local field, token, take, hasgen, newgen = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local key, lease = KEYS[k], KEYS[k + 1]
   k = k + 2
+  local gen = ''
+  if hasgen == '1' then
+    local gk = KEYS[k]
+    gen = gens[gk]
+    if not gen then
+      gen = redis.call('GET', gk)
+      if not gen then
+        gen = newgen
+        redis.call('SET', gk, gen)
+      end
+      gens[gk] = gen
+    end
+    k = k + 1
+  end
   local v
   if field == '' then
     v = redis.call('GET', key)
   else
     v = redis.call('HGET', key, field)
-  end
-  local gen = ''
-  if hasgen == '1' then
-    gen = redis.call('GET', KEYS[k])
-    if not gen then
-      gen = newgen
-      redis.call('SET', KEYS[k], gen)
-    end
-    k = k + 1
   end
   local status = 0
   if v and take ~= '1' then
@@ -38,7 +44,7 @@ for a = 2, #ARGV, 5 do
   elseif redis.call('SET', lease, token, 'NX', 'PX', ARGV[1]) then
     status = 1
   end
-  out[#out + 1] = v or false
+  out[#out + 1] = v
   out[#out + 1] = status
   out[#out + 1] = gen
 end

@@ -11,6 +11,7 @@
 -- entry has a generation key.
 -- Returns, for each entry, 1 when written, 0 when its lease was void.
 local out = {}
+local gens = {} -- generations read, by key: a memo's entries share one
 local k = 1
 for a = 2, #ARGV, 6 do
   local field, token, gen, value, ttl, hasgen = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
@@ -21,8 +22,16 @@ for a = 2, #ARGV, 6 do
     redis.call('DEL', lease)
   end
   if hasgen == '1' then
-    if ok and redis.call('GET', KEYS[k]) ~= gen then
-      ok = false
+    if ok then
+      local gk = KEYS[k]
+      local now = gens[gk]
+      if now == nil then
+        now = redis.call('GET', gk)
+        gens[gk] = now
+      end
+      if now ~= gen then
+        ok = false
+      end
     end
     k = k + 1
   end
