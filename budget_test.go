@@ -490,12 +490,14 @@ func TestSlowRedisTable(t *testing.T) {
 
 // TestBudgetCountsOnlyRedis: the budget counts the time a load waits for
 // Redis, not the time its loader runs nor the time it waits for another
-// process's load. With 40ms per round trip and a budget of 150ms, a load
-// whose loader takes 300ms is stored, and so is one that waits 400ms for
-// another process's load, polling all along.
+// process's load. With 20ms per round trip and a budget of 300ms, a load
+// whose loader takes 600ms is stored, and so is one that waits 800ms for
+// another process's load, polling all along. The loader and the wait each
+// take twice the budget, while the round trips of each load take a fifth
+// of it, so that a stalled machine does not use up the budget by itself.
 func TestBudgetCountsOnlyRedis(t *testing.T) {
 	srv, proxy, rdb := slowRedis(t, nil)
-	m := slowManager(t, proxy, rdb, Options{})
+	m := slowManager(t, proxy, rdb, Options{Timeout: 300 * time.Millisecond})
 	ctx := t.Context()
 	slowLoad := func(d time.Duration) func(context.Context) (int, error) {
 		return func(ctx context.Context) (int, error) {
@@ -509,22 +511,22 @@ func TestBudgetCountsOnlyRedis(t *testing.T) {
 			}
 		}
 	}
-	proxy.SetLatency(0, 40*time.Millisecond)
-	v, err := GetOrLoad(ctx, m, "slow-loader", slowLoad(300*time.Millisecond))
+	proxy.SetLatency(0, 20*time.Millisecond)
+	v, err := GetOrLoad(ctx, m, "slow-loader", slowLoad(600*time.Millisecond))
 	require.NoError(t, err)
 	require.Equal(t, 1, v)
 	st := m.Stats().ByName["keys"]
 	assert.Zero(t, st.Degraded, "the loader's time is not the budget's")
 	assert.Equal(t, uint64(1), st.Sets, "the value was stored")
 
-	// Another process, on a direct connection, holds the lease for 400ms.
+	// Another process, on a direct connection, holds the lease for 800ms.
 	other := newEnv(t, &testredis.Backend{Name: "redis", Server: srv}).manager(&Options{Prefix: "test", Now: time.Now})
 	started := make(chan struct{})
 	otherDone := make(chan error, 1)
 	go func() {
 		_, err := GetOrLoad(ctx, other, "shared", func(ctx context.Context) (int, error) {
 			close(started)
-			return slowLoad(400 * time.Millisecond)(ctx)
+			return slowLoad(800 * time.Millisecond)(ctx)
 		})
 		otherDone <- err
 	}()
