@@ -84,11 +84,11 @@ func TestStaleSetTagMissesLoadInFlight(t *testing.T) {
 		t.Fatal("set-up: the load took its lease before I1 returned; the gap between tag record and lease was not wide enough")
 	default:
 	}
-	require.Equal(t, int64(1), recv(t, started, 10*time.Second, "the load did not start after I1"))
+	require.Equal(t, int64(1), testredis.Recv(t, started, "the load to start after I1"))
 	source.Store(2)
 	require.NoError(t, fast.Invalidate(ctx, cache.Tag(tag)), "I2")
 	close(gate)
-	require.NoError(t, recv(t, done, 10*time.Second, "the load in flight did not return"))
+	require.NoError(t, testredis.Recv(t, done, "the load in flight to return"))
 
 	got, err := cache.GetOrLoad(ctx, fast, key, func(context.Context) (int64, error) { return source.Load(), nil }, cache.Tags(tag))
 	require.NoError(t, err)
@@ -183,13 +183,13 @@ func TestStaleSetHashWarmVersionEvicted(t *testing.T) {
 			_, err := m.WarmAll(ctx)
 			done <- err
 		}()
-		require.Equal(t, int64(1), recv(t, started, 10*time.Second, "the warm did not start"))
+		require.Equal(t, int64(1), testredis.Recv(t, started, "the warm to start"))
 
 		source.Store(2)
 		require.NoError(t, h.Delete(ctx, "f"))
 		evict(t, raw, bookkeepingKeys(t, raw, "d4-hash")...)
 		close(gate)
-		recv(t, done, 10*time.Second, "the warm did not end") // its error does not matter here
+		testredis.Recv(t, done, "the warm to end") // its error does not matter here
 
 		got, err := h.Get(ctx, "f")
 		if !errors.Is(err, cache.ErrMiss) {
@@ -282,7 +282,7 @@ func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
 			_, err := cache.Refresh(ctx, m, key, load)
 			first <- err
 		}()
-		require.Equal(t, int64(1), recv(t, started, 10*time.Second, "the first Refresh did not start loading"))
+		require.Equal(t, int64(1), testredis.Recv(t, started, "the first Refresh to start loading"))
 
 		source.Store(2)
 		type result struct {
@@ -297,8 +297,8 @@ func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
 		require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 1 }, 10*time.Second, time.Millisecond,
 			"the second Refresh did not wait for the first")
 		close(gate)
-		require.NoError(t, recv(t, first, 10*time.Second, "the first Refresh did not return"))
-		r := recv(t, second, 10*time.Second, "the second Refresh did not return")
+		require.NoError(t, testredis.Recv(t, first, "the first Refresh to return"))
+		r := testredis.Recv(t, second, "the second Refresh to return")
 		require.NoError(t, r.err)
 
 		got, err := cache.Get[int64](ctx, m, key)
@@ -323,22 +323,6 @@ func newManager(t testing.TB, rdb redis.UniversalClient, opts *cache.Options) *c
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = m.Close() })
 	return m
-}
-
-// recv returns the next value of ch, failing t with what when none comes
-// within d.
-func recv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
-	t.Helper()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("%s within %v", what, d)
-		var zero T
-		return zero
-	}
 }
 
 // await waits for gate to close or ctx to end: test loaders wait on their
