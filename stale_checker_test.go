@@ -57,10 +57,7 @@ import (
 // TestStaleSetChecker runs the checker on each configuration.
 func TestStaleSetChecker(t *testing.T) {
 	for _, c := range checkConfigs {
-		t.Run(c.name, func(t *testing.T) {
-			skipKnownStaleDefect(t)
-			runChecker(t, c)
-		})
+		t.Run(c.name, func(t *testing.T) { runChecker(t, c) })
 	}
 }
 
@@ -683,17 +680,9 @@ func describeOp(op checkOp) string {
 }
 
 // checkHistory checks the history of each item with porcupine, reports the
-// counts, and fails t for each item with a stale read that no known defect
-// explains, printing its history around that read.
-//
-// A stale read is explained by known defects when every write it missed
-// (returned before the read began, with a newer version) was published in
-// a way listed in knownStaleDefects for this configuration, as
-// "TestStaleSetChecker/<config>/<way>": the verdict is porcupine's on the
-// history without those writes. The three Refresh ways are listed as one,
-// "Refresh".
+// counts, and fails t for each item with a stale read, printing its history
+// around that read.
 func checkHistory(t *testing.T, config string, items []checkItem, rec *recorder) {
-	known := knownWays(t)
 	end := int64(0)
 	for _, op := range rec.ops {
 		end = max(end, op.ret)
@@ -721,23 +710,17 @@ func checkHistory(t *testing.T, config string, items []checkItem, rec *recorder)
 			ClientId: op.client, Input: op, Call: op.call, Output: out, Return: ret,
 		})
 	}
-	var staleReads, staleItems, unexplained int
+	var staleReads, staleItems int
 	missed := map[string]int{} // stale reads by the way of the newest write they missed
-	for i, all := range byItem {
-		stale := staleReadsOf(all)
+	for i, ops := range byItem {
+		stale := staleReadsOf(ops)
 		staleReads += len(stale)
 		if len(stale) > 0 {
 			staleItems++
 		}
 		for _, s := range stale {
-			missed[wayFamily(all[s.write].Input.(checkOp).way)]++
+			missed[wayFamily(ops[s.write].Input.(checkOp).way)]++
 		}
-		ops := slices.DeleteFunc(slices.Clone(all), func(op porcupine.Operation) bool {
-			in := op.Input.(checkOp)
-			return in.write && known[wayFamily(in.way)] != ""
-		})
-		stale = staleReadsOf(ops)
-		unexplained += len(stale)
 		res := porcupine.CheckOperationsTimeout(staleModel, ops, checkTimeout)
 		switch {
 		case res == porcupine.Unknown:
@@ -749,34 +732,15 @@ func checkHistory(t *testing.T, config string, items []checkItem, rec *recorder)
 				describeStale(ops, stale[0]), visualize(t, ops, i))
 		}
 	}
-	t.Logf("%s: %d operations checked (%d reads, %d writes of which %d uncertain) on %d items; %d read errors (not recorded); %d stale reads on %d items, %d not explained by known defects",
-		config, len(rec.ops), reads, writes, uncertain, len(items), rec.readErrors, staleReads, staleItems, unexplained)
+	t.Logf("%s: %d operations checked (%d reads, %d writes of which %d uncertain) on %d items; %d read errors (not recorded); %d stale reads on %d items",
+		config, len(rec.ops), reads, writes, uncertain, len(items), rec.readErrors, staleReads, staleItems)
 	if staleReads > 0 {
 		t.Logf("%s: stale reads by the way the newest write they missed was published: %v", config, missed)
-	}
-	for way, reason := range known {
-		t.Logf("%s: writes published by %s are left out of the verdict: known defect: %s", config, way, reason)
 	}
 	if rec.readErr != nil {
 		t.Logf("%s: first read error: %v", config, rec.readErr)
 	}
 	require.Positive(t, reads, "no read succeeded")
-}
-
-// knownWays returns the publishing ways whose writes knownStaleDefects
-// leaves out of t's verdict, with the reasons, unless
-// STOCKPOT_RUN_KNOWN_DEFECTS is set.
-func knownWays(t *testing.T) map[string]string {
-	ways := map[string]string{}
-	if os.Getenv("STOCKPOT_RUN_KNOWN_DEFECTS") != "" {
-		return ways
-	}
-	for name, reason := range knownStaleDefects {
-		if way, ok := strings.CutPrefix(name, t.Name()+"/"); ok {
-			ways[way] = reason
-		}
-	}
-	return ways
 }
 
 // wayFamily returns the way a write was published, with the Refresh ways

@@ -3,7 +3,6 @@ package cache_test
 import (
 	"context"
 	"errors"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,22 +18,7 @@ import (
 // whose load began before an Invalidate of it returned is never stored or
 // served after that Invalidate returns, whatever Redis loses). Each test
 // sets up one known race or loss step by step, through the public API, and
-// fails while the defect is there.
-
-// knownStaleDefects lists, by test name, the tests of property 4 that fail
-// on today's code, each with its defect in one line: they skip with it, so
-// that the suite stays green. The fix of a defect removes its line. Set
-// STOCKPOT_RUN_KNOWN_DEFECTS=1 to run them all the same.
-var knownStaleDefects = map[string]string{}
-
-// skipKnownStaleDefect skips t when it reproduces a known defect, unless
-// STOCKPOT_RUN_KNOWN_DEFECTS is set.
-func skipKnownStaleDefect(t *testing.T) {
-	t.Helper()
-	if reason, ok := knownStaleDefects[t.Name()]; ok && os.Getenv("STOCKPOT_RUN_KNOWN_DEFECTS") == "" {
-		t.Skip("known defect: " + reason)
-	}
-}
+// fails if the defect comes back.
 
 // TestStaleSetTagMissesLoadInFlight: a load records its tag, then
 // takes its lease. An Invalidate(Tag) (I1) between the two takes the tag's
@@ -45,7 +29,6 @@ func skipKnownStaleDefect(t *testing.T) {
 // The loading Manager's client is behind a proxy adding 300ms per round
 // trip, so the gap between the tag record and the lease is wide.
 func TestStaleSetTagMissesLoadInFlight(t *testing.T) {
-	skipKnownStaleDefect(t)
 	ctx := t.Context()
 	srv := testredis.Start(t)
 	p := testredis.NewProxy(t, srv.Addr())
@@ -100,7 +83,6 @@ func TestStaleSetTagMissesLoadInFlight(t *testing.T) {
 // generation survives. Memo.Get must not answer that entry, computed before
 // a ForgetAll that returned.
 func TestStaleSetMemoGenerationEvicted(t *testing.T) {
-	skipKnownStaleDefect(t)
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		ctx := t.Context()
 		m := newManager(t, b.Client(t), nil)
@@ -127,7 +109,6 @@ func TestStaleSetMemoGenerationEvicted(t *testing.T) {
 // TestStaleSetTagSetEvicted: eviction takes a tag's bookkeeping while an entry
 // carrying the tag survives. Invalidate(Tag) must still remove the entry.
 func TestStaleSetTagSetEvicted(t *testing.T) {
-	skipKnownStaleDefect(t)
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		ctx := t.Context()
 		m := newManager(t, b.Client(t), nil)
@@ -157,7 +138,6 @@ func TestStaleSetTagSetEvicted(t *testing.T) {
 // the hash's bookkeeping. The warm's store must stay void: Hash.Get never
 // answers the value loaded before Delete returned.
 func TestStaleSetHashWarmVersionEvicted(t *testing.T) {
-	skipKnownStaleDefect(t)
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		ctx := t.Context()
 		m := newManager(t, b.Client(t), nil)
@@ -206,7 +186,6 @@ func TestStaleSetHashWarmVersionEvicted(t *testing.T) {
 //
 // The Manager's client is behind a proxy that holds SUBSCRIBE back 300ms.
 func TestStaleSetLocalTierBeforeSubscription(t *testing.T) {
-	skipKnownStaleDefect(t)
 	ctx := t.Context()
 	srv := testredis.Start(t)
 	raw := srv.Client(t)
@@ -257,7 +236,6 @@ func TestStaleSetLocalTierBeforeSubscription(t *testing.T) {
 // Refresh returns, the key must hold a version loaded after it was called:
 // a refresh must not return, nor leave, a load that began before it.
 func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
-	skipKnownStaleDefect(t)
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		ctx := t.Context()
 		m := newManager(t, b.Client(t), nil)
