@@ -109,8 +109,11 @@ func (msgpackCodec) Unmarshal(data []byte, v any) (err error) {
 	d.dec.Reset(&d.r)
 	d.dec.SetCustomStructTag("json")
 	if err := d.dec.Decode(v); err != nil {
-		// The bytes are well-formed MessagePack (Reset checked them): they
-		// hold a value of another type.
+		if errors.Is(err, msgpackcheck.ErrInvalid) {
+			return err // an extension read as a value: hostile bytes
+		}
+		// Otherwise the bytes are well-formed MessagePack (Reset checked
+		// them) holding a value of another type.
 		return mismatch(v, err)
 	}
 	return nil
