@@ -27,8 +27,9 @@ import (
 // go-redis bounds a command by the client's timeouts, and by the context's
 // deadline only when the client has ContextTimeoutEnabled. So a call whose
 // deadline comes before the client's own bound is made either with the
-// deadline in its context (ContextTimeoutEnabled), or on a goroutine of its
-// own that its caller stops waiting for at the deadline (see exchange): the
+// deadline in its context (ContextTimeoutEnabled), or on a pooled worker
+// goroutine that its caller stops waiting for at the deadline (see
+// exchange): the
 // command then finishes in the background, within the client's timeouts,
 // and its connection goes back to the pool. A call that its budget cut
 // short is a failure for the breaker; one that its caller's deadline cut
@@ -59,7 +60,6 @@ func callerGone(ctx context.Context) error {
 // (a load in flight runs on a context that keeps its caller's values).
 type budget struct {
 	context.Context
-	timeout time.Duration // Options.Timeout
 
 	mu     sync.Mutex    // protects the fields below
 	end    time.Time     // when it runs out, while it runs
@@ -96,7 +96,7 @@ func (m *Manager) withBudget(ctx context.Context) context.Context {
 	if b := budgetOf(ctx); b != nil && !b.paused() {
 		return ctx
 	}
-	return &budget{Context: ctx, timeout: m.opts.Timeout, end: time.Now().Add(m.opts.Timeout)}
+	return &budget{Context: ctx, end: time.Now().Add(m.opts.Timeout)}
 }
 
 func (b *budget) paused() bool {

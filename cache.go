@@ -175,8 +175,9 @@ type Manager struct {
 	warm    warmState
 }
 
-// New returns a Manager over rdb. It does not talk to Redis: a Manager built
-// while Redis is down works once Redis is back.
+// New returns a Manager over rdb. It does not wait for Redis (it loads the
+// Manager's scripts in the background): a Manager built while Redis is down
+// works once Redis is back.
 func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if rdb == nil {
 		return nil, fmt.Errorf("%w: nil Redis client", ErrInvalidOption)

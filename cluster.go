@@ -72,9 +72,7 @@ type node struct {
 
 // do sends cmd to the node, through the Manager's Redis-call path.
 func (n node) do(ctx context.Context, st *counters, cmd redis.Cmder) error {
-	_, err := n.m.send(ctx, n.c, n.addr, cmd)
-	n.m.count(ctx, st, err)
-	return err
+	return n.m.doOn(ctx, n.c, n.addr, st, cmd)
 }
 
 // pipe sends the commands fn queues to the node as one pipeline, through
@@ -125,6 +123,12 @@ func (m *Manager) forEachClusterMaster(ctx context.Context, c *redis.ClusterClie
 	if err := ctx.Err(); err != nil {
 		return callerGone(ctx)
 	}
+	// The work is abandoned when this returns early (the budget ran out, the
+	// caller left) or the Manager closes: its calls then end at once.
+	outer := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(m.life, cancel)()
 	started := make(chan struct{})
 	var once sync.Once
 	done := make(chan error, 1)
@@ -149,8 +153,10 @@ func (m *Manager) forEachClusterMaster(ctx context.Context, c *redis.ClusterClie
 		return <-done
 	case <-expired:
 		return errBudget
-	case <-ctx.Done():
-		return callerGone(ctx)
+	case <-outer.Done():
+		return callerGone(outer)
+	case <-m.life.Done():
+		return ErrClosed
 	}
 }
 

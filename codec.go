@@ -48,16 +48,10 @@ type msgpackDecoder struct {
 }
 
 var (
-	msgpackDecoders = sync.Pool{New: func() any {
-		d := &msgpackDecoder{dec: msgpack.NewDecoder(nil)}
-		d.dec.SetCustomStructTag("json")
-		return d
-	}}
-	msgpackEncoders = sync.Pool{New: func() any {
-		e := msgpack.NewEncoder(nil)
-		e.SetCustomStructTag("json")
-		return e
-	}}
+	// Reset clears an encoder's or decoder's struct tag: Marshal and
+	// Unmarshal set it after each Reset.
+	msgpackDecoders = sync.Pool{New: func() any { return &msgpackDecoder{dec: msgpack.NewDecoder(nil)} }}
+	msgpackEncoders = sync.Pool{New: func() any { return msgpack.NewEncoder(nil) }}
 )
 
 // Marshal encodes v, after making sure it neither refers to itself nor

@@ -155,8 +155,8 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 	for _, t := range targets {
 		switch t.kind {
 		case targetKey:
-			k := m.entryKey(t.name)
-			p.strings = append(p.strings, stringEntry{k, k + leaseSuffix})
+			r := m.keyRef(t.name).withLease()
+			p.strings = append(p.strings, stringEntry{r.key, r.lease})
 		case targetEntry:
 			p.strings = append(p.strings, stringEntry{t.key, t.lease})
 		case targetField:

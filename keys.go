@@ -180,23 +180,24 @@ func versionOf(hash string) string { return hash + versionSuffix }
 // memoKeys are the keys of a Memo.
 type memoKeys struct {
 	base   string // P{m:NAME}, the start of every key of the memo
+	entry  string // P{m:NAME}:e:, the start of every entry key, before the argument's text
 	gen    string // its generation
 	genArg any    // gen, boxed once
 }
 
 func (m *Manager) memoKeys(name string) memoKeys {
 	b := m.prefix + "{m:" + escape(name) + "}"
-	return memoKeys{base: b, gen: b + genSuffix, genArg: b + genSuffix}
+	return memoKeys{base: b, entry: b + memoEntryInfix, gen: b + genSuffix, genArg: b + genSuffix}
 }
 
 // entryPrefix is the start of every entry key of the memo, before the
 // argument's text.
-func (k memoKeys) entryPrefix() string { return k.base + memoEntryInfix }
+func (k memoKeys) entryPrefix() string { return k.entry }
 
 // entryRef returns the ref of the memo entry whose key is key, made by
 // argKey from entryPrefix.
 func (k memoKeys) entryRef(key string) entryRef {
-	return entryRef{kind: refMemo, key: key, gen: k.gen, genArg: k.genArg, arg: len(k.base) + len(memoEntryInfix)}
+	return entryRef{kind: refMemo, key: key, gen: k.gen, genArg: k.genArg, arg: len(k.entry)}
 }
 
 // tagKey returns the key of the tag's generation.

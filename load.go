@@ -844,25 +844,6 @@ func DontStore(ctx context.Context) {
 // newToken returns a lease token.
 func newToken() string { return rand.Text() }
 
-// release gives up the lease held with token, on a context of its own: it
-// also runs when the load's context has ended. It runs in the background,
-// so that the callers of a failed load do not wait for it, or at once after
-// Close.
-func (m *Manager) release(st *counters, lease, token string) {
-	if m.goBackground(func() { m.releaseNow(st, lease, token) }) {
-		return
-	}
-	m.releaseNow(st, lease, token)
-}
-
-func (m *Manager) releaseNow(st *counters, lease, token string) {
-	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-	defer cancel()
-	if err := m.eval(ctx, st, scripts.Release, []string{lease}, token).Err(); err != nil {
-		m.log.Warn("cache: releasing a lease failed; it expires on its own", "lease", lease, "err", err)
-	}
-}
-
 const releaseTimeout = time.Second
 
 // sleep waits d (with up to 25% jitter, so pollers spread out) or until ctx

@@ -571,9 +571,9 @@ func TestLockRedisErrors(t *testing.T) {
 		assert.ErrorIs(t, err, errLockFault)
 		f.set(scripts.LockRefresh, false)
 
-		f.set(scripts.LockRelease, true)
+		f.set(scripts.Release, true)
 		assert.ErrorIs(t, l.Release(ctx), errLockFault)
-		f.set(scripts.LockRelease, false)
+		f.set(scripts.Release, false)
 		require.NoError(t, l.Release(ctx), "still held after the failed release")
 	})
 }

@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,16 +14,17 @@ import (
 
 // The Redis-call path.
 //
-// Every command the Manager sends goes through this file: do for one
-// command, pipe for a pipeline, eval for a script, evalMany for many calls
-// of a script in one pipeline, and node.do and node.pipe for the work
-// planned per master (see forEachMaster in cluster.go). Here, and only
+// Every command the Manager sends goes through this file (but for the local
+// tier's subscription, see local.go): do for one command, pipe for a
+// pipeline, eval for a script, evalMany for many calls of a script in one
+// pipeline, and node.do and node.pipe for the work planned per master (see
+// forEachMaster in cluster.go). Here, and only
 // here, a call
 //
 //   - passes the circuit breaker of the node it goes to (resilience.go),
 //   - returns by its deadline: its caller's, or the end of its time budget
-//     (budget.go), running on a goroutine of its own when go-redis would not
-//     end it in time (exchange),
+//     (budget.go), running on a pooled worker goroutine when go-redis would
+//     not end it in time (exchange),
 //   - is sent again while its cluster slot is migrating (slotBackoff, in
 //     cluster.go),
 //   - and, when it failed, is counted, once, as EventRedisError on the
@@ -122,18 +122,14 @@ func (m *Manager) sendPipe(ctx context.Context, c redis.UniversalClient, addr st
 }
 
 // firstErr returns the first error of cmds that is a failure: not
-// redis.Nil, nor the "no such key" of a RENAME of a missing key.
-func firstErr(cmds []redis.Cmder) error {
+// redis.Nil.
+func firstErr[C redis.Cmder](cmds []C) error {
 	for _, c := range cmds {
-		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) && !isNoSuchKey(err) {
+		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
 	}
 	return nil
-}
-
-func isNoSuchKey(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "no such key")
 }
 
 // eval runs the script s with EVALSHA, and with EVAL when the server does
@@ -192,7 +188,7 @@ func (m *Manager) evalMany(ctx context.Context, st *counters, s *scripts.Script,
 			}
 		})
 		if err == nil {
-			err = firstCmdErr(out)
+			err = firstErr(out)
 		}
 	}
 	m.count(ctx, st, err)
@@ -203,16 +199,6 @@ func (m *Manager) evalMany(ctx context.Context, st *counters, s *scripts.Script,
 		}
 	}
 	return out, err
-}
-
-// firstCmdErr is firstErr for script replies.
-func firstCmdErr(cmds []*redis.Cmd) error {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
-			return err
-		}
-	}
-	return nil
 }
 
 // scriptArgs returns the arguments of an EVAL or EVALSHA command.

@@ -112,8 +112,8 @@ func newBreaker(o BreakerOptions, obs Observer, node string) *breaker {
 }
 
 // errNotSent is the outcome of a call a breaker let through but that was
-// not sent after all (another node's breaker refused its pipeline, or its
-// budget had run out): it counts neither way.
+// not sent after all (another node's breaker refused its pipeline): it
+// counts neither way.
 var errNotSent = errors.New("cache: call not sent")
 
 // ticket is a call let through a breaker; record tells the breaker how it

@@ -265,7 +265,7 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 	if a.value != nil {
 		var v T
 		if h, state, _ := m.lookup(e.st, e.ref, a.value, &hd.wants[0], &v); state == stateHit && (seen == 0 || h.WrittenAt > seen) {
-			m.release(e.st, e.ref.lease, hd.tokens[0]) // refreshed meanwhile, by another process
+			m.releaseMany(es, idx, hd) // refreshed meanwhile, by another process
 			return
 		}
 	}

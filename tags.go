@@ -30,11 +30,12 @@ import (
 // least as long as the entries stored with it: every load or write of one
 // extends it.
 //
-// A read that knows its tags (GetOrLoad, Memo.Get and Hash.GetOrLoad with
-// Tags or TagsFor) reads their generations with the entry, in the same
-// round trip. A read that does not (Get, GetMany, Hash.Get, Hash.All, or a
-// loaded read of an entry stored with other tags) reads them in a second
-// round trip, when the entry turns out to carry tags.
+// A read that knows its tags (GetOrLoad with Tags; every read of a Memo or
+// Hash made with Tags or TagsFor, Hash.Get and Hash.All included) reads
+// their generations with the entry, in the same round trip. A read that
+// does not (Get, GetMany, a read of an untagged Hash, or of an entry stored
+// with other tags) reads them in a second round trip, when the entry turns
+// out to carry tags.
 
 // Tags tags the entries a call stores, so that Invalidate(ctx, Tag(t))
 // removes them. For a Memo, every entry gets the tags (see TagsFor for

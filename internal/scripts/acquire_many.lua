@@ -1,6 +1,6 @@
 -- acquire_many: for each of several entries, read it and, unless a value is
--- there, take its load lease; acquire.lua for many entries at once. The
--- entries' keys share one hash slot (on a single node, any keys).
+-- there, take its load lease. The entries' keys share one hash slot (on a
+-- single node, any keys).
 -- KEYS    for each entry: its key (a string, or the hash holding the
 --         field), its lease, and its container's generation if it has one
 -- ARGV[1] the lease time, milliseconds

@@ -58,8 +58,5 @@ var (
 	LockRefresh = newScript(lockRefreshSrc)
 )
 
-// LockRelease is Release, under the name the lock's code reads best with.
-var LockRelease = Release
-
 // All lists every script, for loading them ahead of their first use.
 var All = []*Script{AcquireMany, StoreMany, ReleaseMany, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}

@@ -1,10 +1,12 @@
--- store_many: store.lua for several entries at once, each written only
--- while its lease is still held. The entries' keys share one hash slot (on
--- a single node, any keys).
+-- store_many: store several loaded entries, each only while its lease is
+-- still held (and, with a generation, while the generation is the one the
+-- load started under). The entries' keys share one hash slot (on a single
+-- node, any keys).
 -- KEYS    for each entry: its key (a string, or the hash holding the
 --         field), its lease, and its container's generation if it has one
 -- ARGV[1] '1' for a forced load (a refresh): an entry whose store is
---         refused is deleted (see store.lua)
+--         refused is deleted (DEL, or HDEL of its field), so that the value
+--         the refresh meant to replace is not left behind
 -- then, for each entry, six arguments: the hash field ('' for a string
 -- entry), the lease token, the generation the load started under, the
 -- value, the time to live in milliseconds (0 for none), and '1' when the
