@@ -27,10 +27,10 @@ func TestFailedInvalidateIsRetried(t *testing.T) {
 	})
 	a, err := New(rdbA, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: -1}})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = a.Close() })
+	t.Cleanup(func() { closeWithin(t, a) })
 	b, err := New(srv.Client(t), &Options{Prefix: "test"})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = b.Close() })
+	t.Cleanup(func() { closeWithin(t, b) })
 
 	var version atomic.Int64
 	version.Store(1)
@@ -69,7 +69,7 @@ func TestPendingInvalidationIsAMiss(t *testing.T) {
 	rdb.AddHook(faults)
 	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: -1}})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 
 	var version atomic.Int64

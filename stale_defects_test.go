@@ -287,7 +287,7 @@ func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
 }
 
 // newManager returns a Manager over rdb with the tests' prefix, closed in
-// t.Cleanup.
+// t.Cleanup with testredis.CloseWithin.
 func newManager(t testing.TB, rdb redis.UniversalClient, opts *cache.Options) *cache.Manager {
 	t.Helper()
 	var o cache.Options
@@ -299,7 +299,7 @@ func newManager(t testing.TB, rdb redis.UniversalClient, opts *cache.Options) *c
 	}
 	m, err := cache.New(rdb, &o)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { testredis.CloseWithin(t, "the Manager", m) })
 	return m
 }
 
