@@ -137,14 +137,7 @@ func TestPendingInvalidationBounds(t *testing.T) {
 	ctx := t.Context()
 	faults.on.Store(true)
 	require.Error(t, m.Invalidate(ctx, Key("k")))
-	closed := make(chan error, 1)
-	go func() { closed <- m.Close() }()
-	select {
-	case err := <-closed:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not end the retries")
-	}
+	closeWithin(t, m) // Close ends the retries
 	assert.Equal(t, 1, m.Stats().Invalidations.Pending, "still pending at Close")
 
 	var p pendingInvalidations
