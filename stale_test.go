@@ -328,7 +328,7 @@ func TestRefreshBacksOffWhenUpstreamFails(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v, err := feed.Get(ctx, "ana")
 		return err == nil && v[0] == "ana-tweet-v1"
-	}, 5*time.Second, time.Millisecond)
+	}, 5*time.Second, time.Millisecond, "no refresh stored the upstream's value once it worked again")
 	require.Eventually(t, func() bool {
 		m.refresh.mu.Lock()
 		defer m.refresh.mu.Unlock()
