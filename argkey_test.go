@@ -166,7 +166,7 @@ func TestMemoArgumentsThatCollided(t *testing.T) {
 	_, rdb := testredis.Mini(t)
 	m, err := New(rdb, &Options{Prefix: "test"})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 	echo := Memoize(m, "echo", func(ctx context.Context, a strArg) (string, error) { return a.S, nil })
 	for _, s := range []string{"\xff", "\xfe", "\ufffd", "\xff" + strings.Repeat("x", 200), "\xfe" + strings.Repeat("x", 200)} {

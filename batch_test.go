@@ -99,7 +99,7 @@ func TestGetOrLoadManyFleetStampede(t *testing.T) {
 			})
 		}
 		close(start)
-		waitGroup(t, &wg, "the batches")
+		testredis.Wait(t, &wg, "the batches to end")
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		assert.Len(t, c.loads, 180)
@@ -108,18 +108,6 @@ func TestGetOrLoadManyFleetStampede(t *testing.T) {
 		}
 		t.Logf("%d loader calls for 180 keys, 200 batches of 100 on 4 Managers", c.calls.Load())
 	})
-}
-
-// waitGroup waits for wg, failing t after a bound.
-func waitGroup(t testing.TB, wg *sync.WaitGroup, what string) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s did not end within 30s", what)
-	}
 }
 
 func TestGetOrLoadManyLoaderResults(t *testing.T) {
@@ -204,33 +192,20 @@ func TestGetOrLoadManyCallerCancels(t *testing.T) {
 		_, err := GetOrLoadMany(short, m, []string{"a", "b"}, load)
 		first <- err
 	}()
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the load did not start")
-	}
+	testredis.Recv(t, started, "the load to start")
 	second := make(chan map[string]int, 1)
 	go func() {
 		got, err := GetOrLoadMany(t.Context(), m, []string{"b", "a"}, load)
 		assert.NoError(t, err)
 		second <- got
 	}()
-	require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 2 }, 10*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return m.Stats().ByName["keys"].SharedWaits == 2 }, testredis.Timeout, time.Millisecond,
 		"the second batch did not join the first's loads")
 	cancel()
-	select {
-	case err := <-first:
-		assert.ErrorIs(t, err, context.Canceled)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the cancelled caller did not return")
-	}
+	assert.ErrorIs(t, testredis.Recv(t, first, "the cancelled caller to return"), context.Canceled)
 	close(gate)
-	select {
-	case got := <-second:
-		assert.Equal(t, map[string]int{"a": 1, "b": 2}, got)
-	case <-time.After(10 * time.Second):
-		t.Fatal("the other caller did not get the values")
-	}
+	got := testredis.Recv(t, second, "the other caller to get the values")
+	assert.Equal(t, map[string]int{"a": 1, "b": 2}, got)
 	assert.Equal(t, uint64(1), m.Stats().ByName["keys"].Loads)
 }
 

@@ -431,12 +431,12 @@ func BenchmarkHitInterleaved(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = ctxTimeouts.Close() })
+	b.Cleanup(func() { closeWithin(b, ctxTimeouts) })
 	unbounded, err := New(srv.Client(b), &Options{Prefix: "bench", Timeout: -1})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = unbounded.Close() })
+	b.Cleanup(func() { closeWithin(b, unbounded) })
 	type query struct {
 		Region string
 		Limit  int

@@ -530,15 +530,13 @@ func TestBudgetCountsOnlyRedis(t *testing.T) {
 		})
 		otherDone <- err
 	}()
-	_, err = recvWithin(started, "the other process's load to start")
-	require.NoError(t, err)
+	testredis.Recv(t, started, "the other process's load to start")
 	v, err = GetOrLoad(ctx, m, "shared", slowLoad(0))
 	require.NoError(t, err)
 	require.Equal(t, 1, v)
 	st = m.Stats().ByName["keys"]
 	assert.Equal(t, uint64(1), st.LeaseWaits, "it waited for the other process's load")
 	assert.Zero(t, st.Degraded, "the wait is not the budget's")
-	err, recvErr := recvWithin(otherDone, "the other process's load to end")
-	require.NoError(t, recvErr)
+	err = testredis.Recv(t, otherDone, "the other process's load to end")
 	require.NoError(t, err)
 }

@@ -2,8 +2,8 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -73,8 +73,7 @@ func TestCloseWithEveryOption(t *testing.T) {
 	clock.Add(2 * time.Minute)
 	_, err = feed.Get(ctx, "ana")
 	require.NoError(t, err)
-	_, err = recvWithin(refreshing, "the refresh to start")
-	require.NoError(t, err)
+	testredis.Recv(t, refreshing, "the refresh to start")
 
 	// A load that blocks until Close, whose caller has gone.
 	loading := make(chan struct{})
@@ -86,8 +85,7 @@ func TestCloseWithEveryOption(t *testing.T) {
 			return 0, ctx.Err()
 		})
 	}()
-	_, err = recvWithin(loading, "the load to start")
-	require.NoError(t, err)
+	testredis.Recv(t, loading, "the load to start")
 	cancel()
 
 	// A warm-up schedule, a held lock, and a command cut short.
@@ -102,8 +100,7 @@ func TestCloseWithEveryOption(t *testing.T) {
 			return nil
 		})
 	}()
-	_, err = recvWithin(lockHeld, "the lock to be held")
-	require.NoError(t, err)
+	testredis.Recv(t, lockHeld, "the lock to be held")
 	proxy.SetBlackhole(true)
 	assert.ErrorIs(t, m.Get(ctx, "k", new(int)), ErrUnavailable)
 
@@ -112,8 +109,7 @@ func TestCloseWithEveryOption(t *testing.T) {
 	require.NoError(t, closeErr)
 	t.Logf("Close took %v", took.Round(time.Millisecond))
 	within(t, took, stalled, closeWait, "Close is bounded")
-	_, err = recvWithin(lockDone, "WithLock to return")
-	require.NoError(t, err)
+	testredis.Recv(t, lockDone, "WithLock to return")
 	proxy.SetBlackhole(false)
 	proxy.Reset()
 	goleak.VerifyNone(t, before)
@@ -125,6 +121,9 @@ func TestCloseWithEveryOption(t *testing.T) {
 func TestShutdownGivesUp(t *testing.T) {
 	m := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: newMini(t)}).manager(nil)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	defer open() // so that the loader ends, and the cleanup's Close returns, when the test fails first
 	started := make(chan struct{})
 	go func() {
 		_, _ = GetOrLoad(context.Background(), m, "k", func(context.Context) (int, error) {
@@ -133,28 +132,13 @@ func TestShutdownGivesUp(t *testing.T) {
 			return 1, nil
 		})
 	}()
-	_, err := recvWithin(started, "the load to start")
-	require.NoError(t, err)
+	testredis.Recv(t, started, "the load to start")
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	err = m.Shutdown(ctx)
+	err := m.Shutdown(ctx)
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.ErrorContains(t, err, "1 background tasks")
-	close(release)
+	open()
 	assert.NoError(t, m.Close(), "Close waits for it again")
 	assert.ErrorIs(t, m.Set(t.Context(), "k", 1), ErrClosed)
-}
-
-// recvWithin receives from ch, or fails after 10s saying what did not
-// happen.
-func recvWithin[T any](ch <-chan T, what string) (T, error) {
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case v := <-ch:
-		return v, nil
-	case <-t.C:
-		var zero T
-		return zero, errors.New("timed out waiting for " + what)
-	}
 }

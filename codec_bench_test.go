@@ -193,7 +193,7 @@ func BenchmarkChecks(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = base.Close() })
+	b.Cleanup(func() { closeWithin(b, base) })
 	ctx := context.Background()
 	rows, anys := benchPayload(), benchAnyPayload()
 	data, err := Msgpack.Marshal(rows)

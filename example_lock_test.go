@@ -96,7 +96,7 @@ func ExampleManager_WithLock_inventory() {
 			}
 		})
 	}
-	wg.Wait()
+	exampleWithin("the ten orders to take their flour", wg.Wait)
 	kg, _ := rdb.Get(ctx, stock).Int()
 	fmt.Println("flour left:", kg, "kg")
 	// Output:

@@ -49,20 +49,43 @@ func newExampleRedis(opts *cache.Options) (*cache.Manager, *miniredis.Miniredis,
 		time.Sleep(time.Millisecond)
 	}
 	return m, mr, func() {
-		closed := make(chan error, 1)
-		go func() { closed <- m.Close() }()
-		timer := time.NewTimer(testredis.Timeout)
-		defer timer.Stop()
-		select {
-		case err := <-closed:
-			if err != nil {
-				panic(err)
-			}
-		case <-timer.C:
-			panic(fmt.Sprintf("the Manager did not close within %v", testredis.Timeout))
+		var err error
+		exampleWithin("the Manager to close", func() { err = m.Close() })
+		if err != nil {
+			panic(err)
 		}
 		rdb.Close()
 		mr.Close()
+	}
+}
+
+// exampleWithin runs f on a goroutine of its own and panics, saying that
+// what did not happen, when f has not returned within testredis.Timeout:
+// examples have no t to fail, and a panic fails them rather than letting
+// them hang until go test's -timeout.
+func exampleWithin(what string, f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	timer := time.NewTimer(testredis.Timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		panic(fmt.Sprintf("timed out after %v waiting for %s", testredis.Timeout, what))
+	}
+}
+
+// exampleEventually polls cond every millisecond until it holds, and panics,
+// saying that what did not happen, when it does not within
+// testredis.Timeout.
+func exampleEventually(what string, cond func() bool) {
+	for deadline := time.Now().Add(testredis.Timeout); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			panic(fmt.Sprintf("timed out after %v waiting for %s", testredis.Timeout, what))
+		}
 	}
 }
 
@@ -327,11 +350,11 @@ func ExampleStaleFor() {
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)
 
-	// Here the example waits (up to a few seconds) for the refresh to be
-	// stored; a service would just go on serving.
-	for i := 0; i < 5000 && m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 0; i++ {
-		time.Sleep(time.Millisecond)
-	}
+	// Here the example waits for the refresh to be stored; a service would
+	// just go on serving.
+	exampleEventually("the background refresh to be stored", func() bool {
+		return m.Stats().ByName["memo:tweets"].RefreshesSucceeded > 0
+	})
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)
 	// Output:

@@ -68,15 +68,15 @@ func ExampleManager_WarmEvery() {
 
 	// Warm at once, then daily; across the fleet, one Manager warms a day.
 	stop := m.WarmEvery(24 * time.Hour)
-	defer stop()
+	defer exampleWithin("the warm schedule to stop", stop)
 
-	// The start-up warm runs in the background: wait (up to a few seconds)
-	// for its report.
-	report, ok := m.LastWarm()
-	for i := 0; !ok && i < 5000; i++ {
-		time.Sleep(time.Millisecond)
+	// The start-up warm runs in the background: wait for its report.
+	var report cache.WarmReport
+	exampleEventually("the start-up warm's report", func() bool {
+		var ok bool
 		report, ok = m.LastWarm()
-	}
+		return ok
+	})
 	for _, job := range report.Jobs {
 		fmt.Println(job.Name, job.Entries, job.Err)
 	}

@@ -319,7 +319,7 @@ func TestHostileHeapChild(t *testing.T) {
 	for _, codec := range []Codec{Msgpack, JSON} {
 		m, err := New(rdb, &Options{Codec: codec, Prefix: fmt.Sprintf("%T", codec)})
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = m.Close() })
+		t.Cleanup(func() { closeWithin(t, m) })
 		managers[codec] = m
 	}
 	worst := 0.0

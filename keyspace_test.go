@@ -28,7 +28,15 @@ import (
 // that no other key of the test contains.
 func bookkeepingKeys(t testing.TB, rdb redis.UniversalClient, name string, entries ...string) []string {
 	t.Helper()
-	ctx := t.Context()
+	keys, err := listBookkeepingKeys(t.Context(), rdb, name, entries...)
+	require.NoError(t, err, "listing the bookkeeping keys of %q", name)
+	return keys
+}
+
+// listBookkeepingKeys is bookkeepingKeys returning the error instead of
+// failing a test with it, for a condition polled by require.Eventually,
+// which runs on a goroutine of its own where require must not be called.
+func listBookkeepingKeys(ctx context.Context, rdb redis.UniversalClient, name string, entries ...string) ([]string, error) {
 	pattern := "*" + globEscape(name) + "*"
 	var mu sync.Mutex // protects keys
 	var keys []string
@@ -58,9 +66,11 @@ func bookkeepingKeys(t testing.TB, rdb redis.UniversalClient, name string, entri
 	} else {
 		err = scan(ctx, rdb)
 	}
-	require.NoError(t, err, "listing the bookkeeping keys of %q", name)
+	if err != nil {
+		return nil, err
+	}
 	slices.Sort(keys)
-	return keys
+	return keys, nil
 }
 
 // evict deletes keys with the raw client, one command each (so that keys of

@@ -742,6 +742,10 @@ func TestLockCloseWaitsForRefreshers(t *testing.T) {
 			}()
 		}
 		testredis.Wait(t, &entered, "5 WithLock calls to run their fn")
+		// The control: refreshers run while the fns do (WithLock starts them
+		// just before its fn, so the first may take a moment to appear).
+		require.Eventually(t, refresherRunning, testredis.Timeout, time.Millisecond,
+			"no refresher runs while the WithLock fns do: the check after Close tests nothing")
 		closeWithin(t, m)
 		assert.False(t, refresherRunning(), "a refresher outlived Close")
 

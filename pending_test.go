@@ -27,10 +27,10 @@ func TestFailedInvalidateIsRetried(t *testing.T) {
 	})
 	a, err := New(rdbA, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: -1}})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = a.Close() })
+	t.Cleanup(func() { closeWithin(t, a) })
 	b, err := New(srv.Client(t), &Options{Prefix: "test"})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = b.Close() })
+	t.Cleanup(func() { closeWithin(t, b) })
 
 	var version atomic.Int64
 	version.Store(1)
@@ -69,7 +69,7 @@ func TestPendingInvalidationIsAMiss(t *testing.T) {
 	rdb.AddHook(faults)
 	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: -1}})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { closeWithin(t, m) })
 	ctx := t.Context()
 
 	var version atomic.Int64
@@ -137,14 +137,7 @@ func TestPendingInvalidationBounds(t *testing.T) {
 	ctx := t.Context()
 	faults.on.Store(true)
 	require.Error(t, m.Invalidate(ctx, Key("k")))
-	closed := make(chan error, 1)
-	go func() { closed <- m.Close() }()
-	select {
-	case err := <-closed:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not end the retries")
-	}
+	closeWithin(t, m) // Close ends the retries
 	assert.Equal(t, 1, m.Stats().Invalidations.Pending, "still pending at Close")
 
 	var p pendingInvalidations

@@ -535,7 +535,7 @@ func runChecker(t *testing.T, c checkConfig) {
 	if env.faults != nil {
 		env.faults(t, until)
 	}
-	waitGroup(t, &wg, d+2*opTimeout, "the fleet's workers did not stop")
+	testredis.WaitFor(t, &wg, d+2*opTimeout, "the fleet's workers to stop")
 
 	checkHistory(t, c.name, items, rec)
 }
@@ -628,23 +628,6 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	select {
 	case <-timer.C:
 	case <-ctx.Done():
-	}
-}
-
-// waitGroup waits for wg, failing t with what when it takes longer than d.
-func waitGroup(t *testing.T, wg *sync.WaitGroup, d time.Duration, what string) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		t.Fatalf("%s within %v", what, d)
 	}
 }
 

@@ -59,8 +59,13 @@ func TestStaleSetTagMissesLoadInFlight(t *testing.T) {
 		done <- err
 	}()
 
-	require.Eventually(t, func() bool { return len(bookkeepingKeys(t, raw, tag)) > 0 },
-		10*time.Second, time.Millisecond, "the load did not record its tag")
+	var listErr error // ends the polling, to be reported below
+	require.Eventually(t, func() bool {
+		keys, err := listBookkeepingKeys(ctx, raw, tag)
+		listErr = err
+		return err != nil || len(keys) > 0
+	}, 10*time.Second, time.Millisecond, "the load did not record its tag")
+	require.NoError(t, listErr, "listing the bookkeeping keys of %q", tag)
 	require.NoError(t, fast.Invalidate(ctx, cache.Tag(tag)), "I1")
 	select {
 	case <-started:
@@ -200,10 +205,11 @@ func TestStaleSetLocalTierBeforeSubscription(t *testing.T) {
 		channel = chans[0]
 		return true
 	}, 10*time.Second, time.Millisecond, "the first Manager did not subscribe")
-	subscribers := func() int64 {
+	// subscribers returns the number of subscribers to channel. It does not
+	// call require: it runs in require.Eventually's conditions too.
+	subscribers := func() (int64, error) {
 		n, err := raw.PubSubNumSub(ctx, channel).Result()
-		require.NoError(t, err)
-		return n[channel]
+		return n[channel], err
 	}
 
 	p := testredis.NewProxy(t, srv.Addr())
@@ -219,10 +225,17 @@ func TestStaleSetLocalTierBeforeSubscription(t *testing.T) {
 	require.Equal(t, int64(1), got)
 	source.Store(2)
 	require.NoError(t, other.Invalidate(ctx, cache.Key(key)))
-	require.Equal(t, int64(1), subscribers(), "set-up: the second Manager subscribed before the invalidation was published")
+	n, err := subscribers()
+	require.NoError(t, err, "counting the subscribers")
+	require.Equal(t, int64(1), n, "set-up: the second Manager subscribed before the invalidation was published")
 
-	require.Eventually(t, func() bool { return subscribers() == 2 }, 10*time.Second, time.Millisecond,
-		"the second Manager did not subscribe")
+	var countErr error // ends the polling, to be reported below
+	require.Eventually(t, func() bool {
+		n, err := subscribers()
+		countErr = err
+		return err != nil || n == 2
+	}, 10*time.Second, time.Millisecond, "the second Manager did not subscribe")
+	require.NoError(t, countErr, "counting the subscribers")
 	require.Eventually(t, func() bool {
 		got, err := cache.GetOrLoad(ctx, m, key, load)
 		return err == nil && got == 2
@@ -287,7 +300,7 @@ func TestStaleSetRefreshJoinsEarlierRefresh(t *testing.T) {
 }
 
 // newManager returns a Manager over rdb with the tests' prefix, closed in
-// t.Cleanup.
+// t.Cleanup with testredis.CloseWithin.
 func newManager(t testing.TB, rdb redis.UniversalClient, opts *cache.Options) *cache.Manager {
 	t.Helper()
 	var o cache.Options
@@ -299,7 +312,7 @@ func newManager(t testing.TB, rdb redis.UniversalClient, opts *cache.Options) *c
 	}
 	m, err := cache.New(rdb, &o)
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() { testredis.CloseWithin(t, "the Manager", m) })
 	return m
 }
 

@@ -296,23 +296,36 @@ func TestRefreshBacksOffWhenUpstreamFails(t *testing.T) {
 	require.NoError(t, err)
 	e.advance(2 * time.Minute) // stale
 	src.fail.Store(true)
-	failed := func(n uint64) func() bool {
-		return func() bool { return m.Stats().ByName["memo:feed"].RefreshesFailed >= n }
+	// failedAndEnded waits until n refreshes have failed and the last has
+	// ended, so that the reads after it are held back by the backoff alone,
+	// not joined to a refresh still in flight.
+	failedAndEnded := func(n uint64, what string) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			if m.Stats().ByName["memo:feed"].RefreshesFailed < n {
+				return false
+			}
+			m.refresh.mu.Lock()
+			defer m.refresh.mu.Unlock()
+			return len(m.refresh.pending) == 0
+		}, testredis.Timeout, time.Millisecond, what)
 	}
+	v, err := feed.Get(ctx, "ana") // starts the first refresh
+	require.NoError(t, err)
+	require.Equal(t, []string{"ana-tweet-v0"}, v, "the stale value")
+	failedAndEnded(1, "the first refresh did not fail and end")
 	for range 100 {
 		v, err := feed.Get(ctx, "ana")
 		require.NoError(t, err)
 		require.Equal(t, []string{"ana-tweet-v0"}, v, "the stale value")
-		time.Sleep(100 * time.Microsecond) // reads spread over the refreshes' time
 	}
-	require.Eventually(t, failed(1), testredis.Timeout, time.Millisecond, "the first refresh did not fail")
 	assert.Equal(t, int32(2), src.calls.Load(), "one refresh for 100 stale reads of a failing upstream")
 
 	// Past the backoff, one more refresh; its backoff is longer.
 	e.clock.Add(refreshBackoffMin)
 	_, err = feed.Get(ctx, "ana")
 	require.NoError(t, err)
-	require.Eventually(t, failed(2), testredis.Timeout, time.Millisecond, "the refresh past the backoff did not fail")
+	failedAndEnded(2, "the refresh past the backoff did not fail and end")
 	e.clock.Add(refreshBackoffMin)
 	for range 10 {
 		_, err = feed.Get(ctx, "ana")
@@ -328,7 +341,7 @@ func TestRefreshBacksOffWhenUpstreamFails(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v, err := feed.Get(ctx, "ana")
 		return err == nil && v[0] == "ana-tweet-v1"
-	}, 5*time.Second, time.Millisecond)
+	}, 5*time.Second, time.Millisecond, "no refresh stored the upstream's value once it worked again")
 	require.Eventually(t, func() bool {
 		m.refresh.mu.Lock()
 		defer m.refresh.mu.Unlock()

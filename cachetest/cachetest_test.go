@@ -120,10 +120,18 @@ func TestManagersShareData(t *testing.T) {
 	require.ErrorIs(t, err, cache.ErrMiss)
 
 	var loads atomic.Int32
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	open := func() { releaseOnce.Do(func() { close(release) }) }
+	defer open() // so that the load ends when the test fails first
 	load := func(ctx context.Context) (int, error) {
 		loads.Add(1)
-		time.Sleep(20 * time.Millisecond)
-		return 42, nil
+		select {
+		case <-release:
+			return 42, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
 	var wg sync.WaitGroup
 	for _, m := range []*cache.Manager{a, b, a, b} {
@@ -133,6 +141,18 @@ func TestManagersShareData(t *testing.T) {
 			assert.Equal(t, 42, n)
 		})
 	}
+	// Each Manager's first caller leads its flight and the second joins it;
+	// the flight of the Manager that did not get the lease waits on it.
+	require.Eventually(t, func() bool {
+		var lease, shared uint64
+		for _, m := range []*cache.Manager{a, b} {
+			st := m.Stats().ByName["keys"]
+			lease += st.LeaseWaits
+			shared += st.SharedWaits
+		}
+		return lease == 1 && shared == 2
+	}, testredis.Timeout, time.Millisecond, "the 4 callers did not all come to wait for the one load")
+	open()
 	testredis.Wait(t, &wg, "4 callers on 2 Managers to get the value")
 	require.Equal(t, int32(1), loads.Load(), "one load across both Managers")
 

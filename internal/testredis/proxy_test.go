@@ -197,12 +197,14 @@ func TestProxyCloseLeavesNoGoroutine(t *testing.T) {
 	p.SetLatency(time.Hour, 0)
 	errs := make(chan error, 1)
 	go func() { errs <- rdb.Ping(ctx).Err() }()
-	require.Eventually(t, func() bool { return proxyGoroutines() >= 5 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return proxyGoroutines() >= 5 }, 5*time.Second, time.Millisecond,
+		"fewer than 5 proxy goroutines run: the ping did not reach the proxy's delay")
 	p.SetBlackhole(true)
 	hole := redis.NewClient(&redis.Options{Addr: p.Addr(), ReadTimeout: 2 * time.Second, MaxRetries: -1})
 	t.Cleanup(func() { _ = hole.Close() })
 	go func() { _ = hole.Ping(ctx).Err() }()
-	require.Eventually(t, func() bool { return p.Accepted() == 2 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return p.Accepted() == 2 }, 5*time.Second, time.Millisecond,
+		"the proxy did not accept the blackholed client's connection")
 
 	require.NoError(t, p.Close())
 	// Close returns once each goroutine has said it is done; the last

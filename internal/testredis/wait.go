@@ -65,6 +65,14 @@ func Wait(t testing.TB, wg *sync.WaitGroup, what string) {
 	Within(t, what, wg.Wait)
 }
 
+// WaitFor is Wait with a bound of d instead of Timeout, for a wait whose
+// length the test sets, such as that for workers that run for a duration
+// of its choosing.
+func WaitFor(t testing.TB, wg *sync.WaitGroup, d time.Duration, what string) {
+	t.Helper()
+	within(t, what, wg.Wait, d)
+}
+
 // CloseWithin calls c.Close as Within does, failing t when it does not
 // return within Timeout or returns an error. what names c.
 func CloseWithin(t testing.TB, what string, c interface{ Close() error }) {

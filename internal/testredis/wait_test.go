@@ -61,6 +61,19 @@ func TestWithin(t *testing.T) {
 	require.Contains(t, msg, "timed out after 10ms waiting for the pizza to bake")
 }
 
+func TestWaitFor(t *testing.T) {
+	var wg sync.WaitGroup
+	wg.Go(func() {})
+	WaitFor(t, &wg, time.Second, "a goroutine that returns at once")
+
+	block := make(chan struct{})
+	defer close(block)
+	var stuck sync.WaitGroup
+	stuck.Go(func() { <-block })
+	msg := fatalMessage(t, func(tb testing.TB) { WaitFor(tb, &stuck, 10*time.Millisecond, "the dough to rise") })
+	require.Contains(t, msg, "timed out after 10ms waiting for the dough to rise")
+}
+
 // closer is a Close that returns err.
 type closer struct{ err error }
 
