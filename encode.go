@@ -185,6 +185,9 @@ func sameGen(g uint64, gen string) bool {
 
 // parseGen returns gen's value, 0 when it is not a number.
 func parseGen(gen string) uint64 {
+	if gen == "" {
+		return 0 // no container: not worth ParseUint's error
+	}
 	n, _ := strconv.ParseUint(gen, 10, 64)
 	return n
 }

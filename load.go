@@ -7,10 +7,13 @@ import (
 	mrand "math/rand/v2"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/stockpot-go/cache/internal/envelope"
 	"github.com/stockpot-go/cache/internal/scripts"
@@ -262,8 +265,9 @@ type held struct {
 
 func newHeld(es []entry, force bool) *held {
 	h := &held{tokens: make([]string, len(es)), wants: make([]expect, len(es)), force: force}
+	base := newToken() + ":"
 	for i := range es {
-		h.tokens[i] = newToken()
+		h.tokens[i] = base + strconv.Itoa(i)
 		h.wants[i].tags = es[i].tags
 	}
 	return h
@@ -282,25 +286,21 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 		degrade(ctx, m, es, idx, hd, l, err, finish)
 		return
 	}
-	takes := make([]bool, len(es))
 	waited := make([]bool, len(es))
-	for _, i := range idx {
-		takes[i] = force
-	}
 	backoff := time.Millisecond
 	paused := false
 	for todo := idx; len(todo) > 0; {
 		asked := time.Now()
-		acq, err := m.acquireMany(ctx, es, todo, hd, takes)
+		acq, err := m.acquireMany(ctx, es, todo, hd)
 		if err != nil {
 			degrade(ctx, m, es, todo, hd, l, err, finish)
 			return
 		}
-		var load, again, busy []int
+		var load, busy, unneeded []int
 		for j, i := range todo {
 			a := acq[j]
 			hd.wants[i].gen = a.gen
-			if a.value != nil && a.status != leaseTaken && !force {
+			if a.value != nil && !force {
 				// A value is there: take it if it is usable. It is as
 				// recent as the first of the reads that vouch for it: its
 				// tags' generations, if it has tags, else itself.
@@ -310,41 +310,45 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 				}
 				var v T
 				_, state, _ := m.lookup(es[i].st, es[i].ref, a.value, &hd.wants[i], &v)
+				done := true
 				switch state {
 				case stateHit:
 					finish(i, v, vouched, nil)
-					continue
 				case stateNegative:
 					finish(i, nil, vouched, ErrNotFound)
-					continue
+				default:
+					done = false // stale, old, corrupt or of moved tags: load it
 				}
-				if a.status == valuePresent {
-					takes[i] = true // stale, old, corrupt or of moved tags: load it
-					again = append(again, i)
+				if done {
+					if a.taken {
+						unneeded = append(unneeded, i)
+					}
 					continue
 				}
 			}
-			switch a.status {
-			case leaseTaken:
+			if a.taken {
 				load = append(load, i)
-			default:
-				if !waited[i] {
-					waited[i] = true
-					es[i].st.add(EventLeaseWait, 1)
-				}
-				if !paused {
-					// Waiting for another process's load is not Redis's
-					// time: from here on each call has a budget of its own.
-					paused = true
-					defer pause(ctx)()
-				}
-				busy = append(busy, i)
+				continue
 			}
+			if !waited[i] {
+				waited[i] = true
+				es[i].st.add(EventLeaseWait, 1)
+			}
+			if !paused {
+				// Waiting for another process's load is not Redis's
+				// time: from here on each call has a budget of its own.
+				paused = true
+				defer pause(ctx)()
+			}
+			busy = append(busy, i)
+		}
+		if len(unneeded) > 0 {
+			m.releaseMany(es, unneeded, hd)
 		}
 		if len(load) > 0 {
 			loadAndStore(ctx, m, es, load, hd, l, finish)
 		}
-		if len(busy) > 0 && len(again) == 0 {
+		if len(busy) > 0 {
 			if err := sleep(ctx, backoff); err != nil {
 				for _, i := range busy {
 					finish(i, nil, time.Time{}, err)
@@ -353,7 +357,7 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 			}
 			backoff = min(backoff*2, maxLeasePoll)
 		}
-		todo = append(again, busy...)
+		todo = busy
 	}
 }
 
@@ -392,72 +396,106 @@ func (m *Manager) readGensForLoad(ctx context.Context, es []entry, idx []int, hd
 	return nil
 }
 
-// acquired is what the acquire script found.
+// acquired is what acquireMany found of an entry.
 type acquired struct {
-	value  []byte // the stored bytes, nil when absent
-	status int64  // leaseTaken, leaseBusy or valuePresent
-	gen    string
+	value []byte // the stored bytes, nil when absent
+	taken bool   // its lease was taken with hd's token
+	gen   string // its container's generation; "" for none
 }
 
-const (
-	leaseBusy    = 0
-	leaseTaken   = 1
-	valuePresent = 2
-)
-
-// acquireMany reads the entries idx of es and takes their leases with hd's
-// tokens, unless a value is there and takes does not say to: one script
-// call per group of scriptGroups, in one round trip (one per node). It
+// acquireMany takes the leases of the entries idx of es with hd's tokens
+// (each where no other process holds it: SET NX PX) and then reads the
+// entries and their containers' generations (making a generation where a
+// container has none), in one pipeline: one round trip per node. The
+// commands of an entry share its slot, so they run in that order: a value
+// stored before the lease was taken is seen. An entry whose lease was taken
+// while a value is there holds a lease it may not need: the caller takes
+// the value or loads it, and releases the leases it does not load. It
 // returns what it found, in the order of idx.
-func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held, takes []bool) ([]acquired, error) {
-	groups := m.scriptGroups(es, idx)
-	calls := make([]scriptCall, len(groups))
-	for g, group := range groups {
-		keys := make([]string, 0, 3*len(group))
-		args := make([]any, 1, 1+5*len(group))
-		args[0] = m.opts.LeaseTTL.Milliseconds()
-		for _, i := range group {
-			ref := &es[i].ref
-			keys = append(keys, ref.key, ref.lease)
-			hasGen := "0"
-			if ref.gen != "" {
-				keys = append(keys, ref.gen)
-				hasGen = "1"
-			}
-			take := "0"
-			if takes[i] {
-				take = "1"
-			}
-			args = append(args, ref.field, hd.tokens[i], take, hasGen, newGen())
-		}
-		calls[g] = scriptCall{keys: keys, args: args}
+func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held) ([]acquired, error) {
+	type valueAt struct {
+		cmd *redis.SliceCmd
+		at  int
 	}
-	cmds, err := m.evalMany(ctx, es[idx[0]].st, scripts.AcquireMany, calls)
-	if err != nil {
+	leases := make([]*redis.BoolCmd, len(idx))
+	gens := make([]*redis.StringCmd, len(idx))
+	vals := make([]valueAt, len(idx))
+	pos := make(map[int]int, len(idx)) // entry index -> position in idx
+	for j, i := range idx {
+		pos[i] = j
+	}
+	_, cut, err := m.sendPipe(ctx, m.rdb, "", func(p redis.Pipeliner) {
+		for _, group := range m.scriptGroups(es, idx) {
+			genOf := make(map[string]*redis.StringCmd)
+			for _, i := range group {
+				ref, j := &es[i].ref, pos[i]
+				if ref.gen != "" {
+					g, ok := genOf[ref.gen]
+					if !ok {
+						p.SetNX(ctx, ref.gen, newGen(), 0)
+						g = p.Get(ctx, ref.gen)
+						genOf[ref.gen] = g
+					}
+					gens[j] = g
+				}
+				leases[j] = p.SetNX(ctx, ref.lease, hd.tokens[i], m.opts.LeaseTTL)
+			}
+			// The values: one MGET of the group's string entries, one
+			// HMGET per hash.
+			var keys []string
+			var strs []int
+			fields := make(map[string][]int) // hash key -> positions
+			var hashes []string
+			for _, i := range group {
+				ref := &es[i].ref
+				if ref.field == "" {
+					keys = append(keys, ref.key)
+					strs = append(strs, pos[i])
+					continue
+				}
+				if _, ok := fields[ref.key]; !ok {
+					hashes = append(hashes, ref.key)
+				}
+				fields[ref.key] = append(fields[ref.key], pos[i])
+			}
+			if len(keys) > 0 {
+				cmd := p.MGet(ctx, keys...)
+				for k, j := range strs {
+					vals[j] = valueAt{cmd, k}
+				}
+			}
+			for _, h := range hashes {
+				js := fields[h]
+				names := make([]string, len(js))
+				for k, j := range js {
+					names[k] = es[idx[j]].ref.field
+				}
+				cmd := p.HMGet(ctx, h, names...)
+				for k, j := range js {
+					vals[j] = valueAt{cmd, k}
+				}
+			}
+		}
+	})
+	m.count(ctx, es[idx[0]].st, err)
+	if cut || err != nil {
 		return nil, err
 	}
-	found := make(map[int]acquired, len(idx))
-	for g, group := range groups {
-		res, err := cmds[g].Slice()
-		if err != nil {
-			return nil, err
-		}
-		if len(res) != 3*len(group) {
-			return nil, errors.New("cache: unexpected reply from the acquire script")
-		}
-		for j, i := range group {
-			var a acquired
-			if s, ok := res[3*j].(string); ok {
-				a.value = bytesOf(s)
-			}
-			a.status, _ = res[3*j+1].(int64)
-			a.gen, _ = res[3*j+2].(string)
-			found[i] = a
-		}
-	}
 	out := make([]acquired, len(idx))
-	for j, i := range idx {
-		out[j] = found[i]
+	for j := range idx {
+		a := &out[j]
+		a.taken = leases[j].Val()
+		if gens[j] != nil {
+			a.gen = gens[j].Val()
+		}
+		v := vals[j]
+		res := v.cmd.Val()
+		if len(res) <= v.at {
+			return nil, errors.New("cache: unexpected reply to a read of the entries")
+		}
+		if s, ok := res[v.at].(string); ok {
+			a.value = bytesOf(s)
+		}
 	}
 	return out, nil
 }
@@ -608,7 +646,7 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 		force = "1"
 	}
 	idx := make([]int, len(writes))
-	at := make(map[int]int, len(writes)) // entry index -> index in writes
+	at := make([]int, len(es)) // entry index -> index in writes
 	for j, w := range writes {
 		idx[j], at[w.i] = w.i, j
 		m.pending.stored(w.keep)
@@ -627,14 +665,14 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 				keys = append(keys, e.ref.gen)
 				hasGen = "1"
 			}
-			args = append(args, e.ref.field, hd.tokens[i], hd.wants[i].gen, w.b, w.keep.Milliseconds(), hasGen)
+			args = append(args, e.ref.field, hd.tokens[i], hd.wants[i].gen, w.b, max(w.keep.Milliseconds(), 0), hasGen)
 		}
 		calls[g] = scriptCall{keys: keys, args: args}
 	}
 	storeAt := time.Now()
 	cmds, _ := m.evalMany(ctx, st, scripts.StoreMany, calls)
-	replies := make(map[int]int64, len(writes))
-	errs := make(map[int]error)
+	replies := make([]int64, len(writes)) // by index in writes
+	errs := make([]error, len(writes))
 	for g, group := range groups {
 		ns, err := cmds[g].Int64Slice()
 		if err == nil && len(ns) != len(group) {
@@ -642,16 +680,16 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 		}
 		for j, i := range group {
 			if err != nil {
-				errs[i] = err
+				errs[at[i]] = err
 				continue
 			}
-			replies[i] = ns[j]
+			replies[at[i]] = ns[j]
 		}
 	}
 	results := make([]stored, len(writes))
 	var tags []string // the tags of the stored entries
 	for j, w := range writes {
-		n, err := replies[w.i], errs[w.i]
+		n, err := replies[j], errs[j]
 		switch {
 		case err != nil:
 			m.log.Warn("cache: storing a loaded value failed", "key", es[w.i].ref.key, "field", es[w.i].ref.field, "err", err)
@@ -782,10 +820,7 @@ func (m *Manager) keepLeases(ctx context.Context, es []entry, idx []int, hd *hel
 	wg.Go(func() {
 		t := time.NewTicker(every)
 		defer t.Stop()
-		calls := make([]scriptCall, len(idx))
-		for j, i := range idx {
-			calls[j] = scriptCall{keys: []string{es[i].ref.lease}, args: []any{hd.tokens[i], m.opts.LeaseTTL.Milliseconds()}}
-		}
+		var calls []scriptCall // made at the first renewal: most loads end sooner
 		for {
 			select {
 			case <-done:
@@ -793,6 +828,12 @@ func (m *Manager) keepLeases(ctx context.Context, es []entry, idx []int, hd *hel
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				if calls == nil {
+					calls = make([]scriptCall, len(idx))
+					for j, i := range idx {
+						calls[j] = scriptCall{keys: []string{es[i].ref.lease}, args: []any{hd.tokens[i], m.opts.LeaseTTL.Milliseconds()}}
+					}
+				}
 				// A lease found void stays void: its store will be refused.
 				_, _ = m.evalMany(ctx, es[idx[0]].st, scripts.Renew, calls)
 			}

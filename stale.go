@@ -251,14 +251,14 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
-	acq, err := m.acquireMany(ctx, es, idx, hd, []bool{true})
+	acq, err := m.acquireMany(ctx, es, idx, hd)
 	if err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
 	failed = false
 	a := acq[0]
-	if a.status != leaseTaken {
+	if !a.taken {
 		return // another process is loading it
 	}
 	hd.wants[0].gen = a.gen

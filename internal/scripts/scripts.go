@@ -9,8 +9,6 @@ import (
 )
 
 var (
-	//go:embed acquire_many.lua
-	acquireManySrc string
 	//go:embed store_many.lua
 	storeManySrc string
 	//go:embed release_many.lua
@@ -42,7 +40,6 @@ func newScript(src string) *Script { return &Script{Script: redis.NewScript(src)
 
 // The scripts, by file name.
 var (
-	AcquireMany = newScript(acquireManySrc)
 	StoreMany   = newScript(storeManySrc)
 	ReleaseMany = newScript(releaseManySrc)
 	Renew       = newScript(renewSrc)
@@ -59,4 +56,4 @@ var (
 )
 
 // All lists every script, for loading them ahead of their first use.
-var All = []*Script{AcquireMany, StoreMany, ReleaseMany, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}
+var All = []*Script{StoreMany, ReleaseMany, Renew, Release, TagGen, Gens, StoreFields, LockObtain, LockRefresh}

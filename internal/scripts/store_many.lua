@@ -12,56 +12,88 @@
 -- value, the time to live in milliseconds (0 for none), and '1' when the
 -- entry has a generation key.
 -- Returns, for each entry, 1 when written, 0 when its lease was void.
-local out = {}
-local gens = {} -- generations read, by key: a memo's entries share one
+--
+-- The leases are read with one MGET and the stored entries' leases
+-- deleted with one DEL, in chunks: a call per entry costs more than the
+-- work it does.
+local chunk = 1000
+
+-- each calls redis.call(cmd, ...) with the keys t[from..to], chunk by chunk,
+-- and returns the replies of MGET joined.
+local function each(cmd, t)
+  local out = {}
+  for from = 1, #t, chunk do
+    local r = redis.call(cmd, unpack(t, from, math.min(from + chunk - 1, #t)))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
+local forced = ARGV[1] == '1'
+local leases, keyAt, genAt = {}, {}, {}
 local k = 1
 for a = 2, #ARGV, 6 do
-  local field, token, gen, value, ttl, hasgen = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
-  local key, lease = KEYS[k], KEYS[k + 1]
-  k = k + 2
-  local ok = redis.call('GET', lease) == token
-  if ok then
-    redis.call('DEL', lease)
+  leases[#leases + 1] = KEYS[k + 1]
+  keyAt[#keyAt + 1] = k
+  if ARGV[a + 5] == '1' then
+    genAt[#keyAt] = k + 2
+    k = k + 3
+  else
+    k = k + 2
   end
-  if hasgen == '1' then
-    if ok then
-      local gk = KEYS[k]
+end
+local holders = each('MGET', leases)
+
+local out, done = {}, {}
+local gens = {} -- generations read, by key: a memo's entries share one
+for j = 1, #leases do
+  local a = 2 + (j - 1) * 6
+  local field, key = ARGV[a], KEYS[keyAt[j]]
+  local ok = holders[j] == ARGV[a + 1]
+  if ok then
+    done[#done + 1] = leases[j]
+    local gk = genAt[j]
+    if gk then
+      gk = KEYS[gk]
       local now = gens[gk]
       if now == nil then
         now = redis.call('GET', gk)
         gens[gk] = now
       end
-      if now ~= gen then
-        ok = false
-      end
+      ok = now == ARGV[a + 2]
     end
-    k = k + 1
   end
   if ok then
+    local ttl = ARGV[a + 4]
     if field == '' then
-      if ttl > 0 then
-        redis.call('SET', key, value, 'PX', ttl)
+      if ttl ~= '0' then
+        redis.call('SET', key, ARGV[a + 3], 'PX', ttl)
       else
-        redis.call('SET', key, value)
+        redis.call('SET', key, ARGV[a + 3])
       end
     else
-      redis.call('HSET', key, field, value)
-      if ttl > 0 then
+      redis.call('HSET', key, field, ARGV[a + 3])
+      if ttl ~= '0' then
         redis.call('PEXPIRE', key, ttl)
       else
         redis.call('PERSIST', key)
       end
     end
-    out[#out + 1] = 1
+    out[j] = 1
   else
-    if ARGV[1] == '1' then
+    if forced then
       if field == '' then
         redis.call('DEL', key)
       else
         redis.call('HDEL', key, field)
       end
     end
-    out[#out + 1] = 0
+    out[j] = 0
   end
 end
+each('DEL', done)
 return out
