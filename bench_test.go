@@ -500,3 +500,76 @@ func timeOne(f func()) time.Duration {
 	f()
 	return time.Since(start)
 }
+
+// BenchmarkParallelReads measures reads from 64 goroutines (32 per
+// GOMAXPROCS on the 2-core machines the README quotes), of one hot key
+// and of 1000 keys, each goroutine its own share, next to raw go-redis
+// GETs with a decode in the same run.
+func BenchmarkParallelReads(b *testing.B) {
+	_, rdb, m := benchSetup(b)
+	ctx := context.Background()
+	payload := benchPayload()
+	raw, err := Msgpack.Marshal(payload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 1000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+		if err := m.Set(ctx, keys[i], payload); err != nil {
+			b.Fatal(err)
+		}
+		if err := rdb.Set(ctx, "raw:"+keys[i], raw, 0).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Int64 // hands each goroutine its own offset
+	for _, c := range []struct {
+		name string
+		read func(key string) error
+		hot  bool
+	}{
+		{"hot/raw-go-redis", rawRead(ctx, rdb), true},
+		{"hot/stockpot", stockpotRead(ctx, m), true},
+		{"keys-1000/raw-go-redis", rawRead(ctx, rdb), false},
+		{"keys-1000/stockpot", stockpotRead(ctx, m), false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(32)
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(next.Add(97))
+				for pb.Next() {
+					key := keys[0]
+					if !c.hot {
+						key = keys[i%n]
+						i++
+					}
+					if err := c.read(key); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func rawRead(ctx context.Context, rdb *redis.Client) func(string) error {
+	return func(key string) error {
+		data, err := rdb.Get(ctx, "raw:"+key).Bytes()
+		if err != nil {
+			return err
+		}
+		var v []benchRow
+		return Msgpack.Unmarshal(data, &v)
+	}
+}
+
+func stockpotRead(ctx context.Context, m *Manager) func(string) error {
+	return func(key string) error {
+		_, err := Get[[]benchRow](ctx, m, key)
+		return err
+	}
+}

@@ -164,6 +164,7 @@ type Manager struct {
 	workers chan *exchange // the calls handed to a worker that waits for one (see exchange)
 
 	flights flightGroup
+	reads   readQueue // reads waiting for the round trip in flight (readbatch.go)
 	stats   registry
 	kv      *counters // stats of plain keys
 	locks   *counters // stats of every lock

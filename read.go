@@ -149,7 +149,7 @@ func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags 
 		} else {
 			cmd = redis.NewStringCmd(ctx, "get", ref.key)
 		}
-		if err := m.do(ctx, st, cmd); err != nil {
+		if err := m.read(ctx, st, cmd); err != nil {
 			if errors.Is(err, redis.Nil) {
 				err = nil
 			}
@@ -167,7 +167,7 @@ func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags 
 		args = append(args, m.tagKey(t))
 	}
 	cmd := redis.NewSliceCmd(ctx, args...)
-	if err := m.do(ctx, st, cmd); err != nil {
+	if err := m.read(ctx, st, cmd); err != nil {
 		return nil, want, err
 	}
 	vals := cmd.Val()
