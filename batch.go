@@ -16,8 +16,8 @@ import (
 // holds is waited for, not loaded again; one that a concurrent load of
 // this process, single or batch, is loading is shared), no value loaded
 // before an invalidation of it served after it, negative caching. The
-// leases are taken with one pipelined script call per entry, and the
-// values stored the same way: a round trip per node for each step,
+// leases are taken with one pipelined SET NX each, and the values stored
+// with one script call per slot: a round trip per node for each step,
 // however many entries.
 
 // RememberMissing makes the keys a batch loader leaves out of its result

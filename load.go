@@ -29,9 +29,9 @@ import (
 // joins the flights of its entries that are in progress (a single load's, or
 // another batch's) and starts one job for the rest.
 //
-// Across processes, the job takes each entry's lease in Redis (SET NX PX, in
-// a script that reads the entry in the same round trip; a batch sends one
-// script call per entry, pipelined: one round trip per node). It calls the
+// Across processes, the job takes each entry's lease in Redis (SET NX PX,
+// followed in the same pipeline by a read of the entry: one round trip per
+// node however many entries; see acquireMany). It calls the
 // loader once with the entries whose lease it took, renewing the leases
 // while it runs, and stores each value with a script that writes only while
 // the lease is still its own. Entries whose lease another process holds are
