@@ -64,10 +64,16 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>
 	echo "stockpot-commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } >"$results"
 
+# A run that fails (a benchmark's error on a machine that stalled) does not
+# stop the others: the table leaves out what it did not measure, and run.sh
+# says so and exits with an error at the end.
+failed=()
 for i in $(seq 1 "$COUNT"); do
 	echo "run $i of $COUNT" >&2
-	BENCH_RUN="$i" "$OUT/benchmarks.test" -test.run '^$' -test.bench "$BENCH" -test.benchmem \
-		-test.benchtime "$BENCHTIME" -test.timeout 15m | tee -a "$results" >&2
+	if ! BENCH_RUN="$i" "$OUT/benchmarks.test" -test.run '^$' -test.bench "$BENCH" -test.benchmem \
+		-test.benchtime "$BENCHTIME" -test.timeout 15m | tee -a "$results" >&2; then
+		failed+=("$i")
+	fi
 done
 
 "$OUT/benchstat" "$results" >"$OUT/benchstat.txt"
@@ -86,3 +92,7 @@ cat "$OUT/table.md"
 echo
 echo "Reproduce with \`COUNT=$COUNT benchmarks/run.sh\` from the repository root."
 echo "Raw results, benchstat's output and the table are in $OUT." >&2
+if [ "${#failed[@]}" -gt 0 ]; then
+	echo "run.sh: run(s) ${failed[*]} of $COUNT failed (their errors are in $results)" >&2
+	exit 1
+fi
