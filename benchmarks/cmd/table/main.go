@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/perf/benchfmt"
@@ -119,13 +120,19 @@ func benchName(n benchfmt.Name) string {
 // all returns the values of name in unit, in run order.
 func (r *results) all(name, unit string) []float64 { return r.values[name][unit] }
 
+// sample returns a benchmath sample of a copy of vs: NewSample sorts the
+// values it is given, and the values kept here stay in run order, which
+// pairs the runs for ratios.
+func sample(vs []float64) *benchmath.Sample {
+	return benchmath.NewSample(slices.Clone(vs), &benchmath.DefaultThresholds)
+}
+
 // median returns the median of vs, and false when there are none.
 func median(vs []float64) (float64, bool) {
 	if len(vs) == 0 {
 		return 0, false
 	}
-	s := benchmath.NewSample(vs, &benchmath.DefaultThresholds)
-	return benchmath.AssumeNothing.Summary(s, 0.95).Center, true
+	return benchmath.AssumeNothing.Summary(sample(vs), 0.95).Center, true
 }
 
 // median returns the median of name's values in unit, and false when there
@@ -162,9 +169,8 @@ func (r *results) ratioVal(name, unit, base, baseUnit string) (ratio, bool) {
 	for i := range vs {
 		qs[i] = vs[i] / bs[i]
 	}
-	s := benchmath.NewSample(qs, &benchmath.DefaultThresholds)
 	q, _ := median(qs)
-	return ratio{q: q, lo: s.Values[0], hi: s.Values[len(s.Values)-1], paired: true}, true
+	return ratio{q: q, lo: slices.Min(qs), hi: slices.Max(qs), paired: true}, true
 }
 
 // String formats q as 1.05×, followed, when runs paired up, by the range of

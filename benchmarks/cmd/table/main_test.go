@@ -102,6 +102,22 @@ func TestRatio(t *testing.T) {
 	}
 }
 
+// TestRatioAfterMedian takes medians first: they must leave the values in
+// run order, or the ratios pair one run's value with another's.
+func TestRatioAfterMedian(t *testing.T) {
+	r := &results{values: map[string]map[string][]float64{
+		"a": {"ns/op": {1, 3, 2}},
+		"b": {"ns/op": {1, 1, 3}},
+	}}
+	r.median("a", "ns/op")
+	r.median("b", "ns/op")
+	// Runs' ratios: 1, 3, 2/3 (sorted values would give 1, 2, 1).
+	q, ok := r.ratioVal("a", "ns/op", "b", "ns/op")
+	if !ok || !near(q.q, 1) || !near(q.lo, 2.0/3) || !near(q.hi, 3) {
+		t.Errorf("ratio = %+v, want 1 (0.67–3)", q)
+	}
+}
+
 func TestVerdict(t *testing.T) {
 	atMost := target{bound: 2}
 	atLeast := target{bound: 1, atLeast: true}
