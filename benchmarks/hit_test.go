@@ -132,30 +132,51 @@ func hitCases(b *testing.B) []hitCase {
 		LocalCache: gocache.NewTinyLFU(localEntries, time.Minute),
 	})
 
-	// rueidis reads the raw keys: it is a client, not a cache, so the
-	// caller writes the cache-aside around it. Three clients: one that
-	// takes a pooled connection for every command (as go-redis does), one
-	// that auto-pipelines concurrent commands on one connection (its
-	// default), and its server-assisted client-side cache (RESP3 tracking;
-	// a hit there is a local hit, still decoded from bytes).
-	rueidisPlain := newRueidis(b, rueidis.ClientOption{DisableCache: true, DisableAutoPipelining: true})
-	rueidisAuto := newRueidis(b, rueidis.ClientOption{DisableCache: true})
-	rueidisCached := newRueidis(b, rueidis.ClientOption{CacheSizeEachConn: 16 << 20})
-	rueidisGet := func(c rueidis.Client) func(ctx context.Context, slot int) ([]row, error) {
+	cases := []hitCase{
+		{"raw-go-redis", true, raw},
+		{"stockpot", true, func(ctx context.Context, slot int) ([]row, error) { return memo.Get(ctx, queries[slot]) }},
+		{"stockpot-local", false, func(ctx context.Context, slot int) ([]row, error) { return localMemo.Get(ctx, queries[slot]) }},
+		{"go-redis-cache", true, once(goredisCache)},
+		{"go-redis-cache-local", false, once(goredisCacheLocal)},
+	}
+	cases = append(cases, rueidisCases(b, rawKeys)...)
+	cases = append(cases, hitCase{"rockscache", true, rockscacheRead(rdb, queries, leaderboard)})
+	warm(b, cases)
+	return cases
+}
+
+// rueidisCases returns the reads of rawKeys with rueidis: it is a client,
+// not a cache, so the caller writes the cache-aside around it. Three
+// clients: one that takes a pooled connection for every command (as
+// go-redis does), one that auto-pipelines concurrent commands on one
+// connection (its default), and its server-assisted client-side cache
+// (RESP3 tracking; a hit there is a local hit, still decoded from bytes).
+func rueidisCases(b *testing.B, rawKeys []string) []hitCase {
+	get := func(c rueidis.Client) func(ctx context.Context, slot int) ([]row, error) {
 		return func(ctx context.Context, slot int) ([]row, error) {
 			return decode(c.Do(ctx, c.B().Get().Key(rawKeys[slot]).Build()).AsBytes())
 		}
 	}
+	cached := newRueidis(b, rueidis.ClientOption{CacheSizeEachConn: 16 << 20})
+	return []hitCase{
+		{"rueidis", true, get(newRueidis(b, rueidis.ClientOption{DisableCache: true, DisableAutoPipelining: true}))},
+		{"rueidis-auto", true, get(newRueidis(b, rueidis.ClientOption{DisableCache: true}))},
+		{"rueidis-cached", false, func(ctx context.Context, slot int) ([]row, error) {
+			return decode(cached.DoCache(ctx, cached.B().Get().Key(rawKeys[slot]).Cache(), time.Minute).AsBytes())
+		}},
+	}
+}
 
-	// rockscache keeps each entry in a hash, read with a script, and shares
-	// one read among concurrent readers of a key (singleflight). Its values
-	// are strings.
+// rockscacheRead returns the read of queries[slot] with rockscache, which
+// keeps each entry in a hash, reads it with a script, and shares one read
+// among concurrent readers of a key (singleflight). Its values are strings.
+func rockscacheRead(rdb *redis.Client, queries []query, load func(context.Context, query) ([]row, error)) func(ctx context.Context, slot int) ([]row, error) {
 	rc := rockscache.NewClient(rdb, rockscache.NewDefaultOptions())
-	rcPrefix := key(uniq("rc")) + ":"
-	rocks := func(ctx context.Context, slot int) ([]row, error) {
+	prefix := key(uniq("rc")) + ":"
+	return func(ctx context.Context, slot int) ([]row, error) {
 		q := queries[slot]
-		s, err := rc.Fetch2(ctx, q.key(rcPrefix), time.Hour, func() (string, error) {
-			v, err := leaderboard(ctx, q)
+		s, err := rc.Fetch2(ctx, q.key(prefix), time.Hour, func() (string, error) {
+			v, err := load(ctx, q)
 			if err != nil {
 				return "", err
 			}
@@ -167,23 +188,6 @@ func hitCases(b *testing.B) []hitCase {
 		}
 		return decode([]byte(s), nil)
 	}
-
-	cases := []hitCase{
-		{"raw-go-redis", true, raw},
-		{"stockpot", true, func(ctx context.Context, slot int) ([]row, error) { return memo.Get(ctx, queries[slot]) }},
-		{"stockpot-local", false, func(ctx context.Context, slot int) ([]row, error) { return localMemo.Get(ctx, queries[slot]) }},
-		{"go-redis-cache", true, once(goredisCache)},
-		{"go-redis-cache-local", false, once(goredisCacheLocal)},
-		{"rueidis", true, rueidisGet(rueidisPlain)},
-		{"rueidis-auto", true, rueidisGet(rueidisAuto)},
-		{"rueidis-cached", false, func(ctx context.Context, slot int) ([]row, error) {
-			c := rueidisCached
-			return decode(c.DoCache(ctx, c.B().Get().Key(rawKeys[slot]).Cache(), time.Minute).AsBytes())
-		}},
-		{"rockscache", true, rocks},
-	}
-	warm(b, cases)
-	return cases
 }
 
 // warm reads every slot of every case twice (the first read may load), from
