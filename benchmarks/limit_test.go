@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"net"
 	"os/exec"
@@ -108,7 +109,7 @@ func BenchmarkMiss(b *testing.B) {
 		{name: "raw-go-redis", read: func(ctx context.Context, q query) (string, error) {
 			// Hand-written cache-aside: GET, and on the miss load and SET.
 			k := q.key(rawPrefix)
-			if _, err := decode(rdb.Get(ctx, k).Bytes()); err != redis.Nil {
+			if _, err := decode(rdb.Get(ctx, k).Bytes()); !errors.Is(err, redis.Nil) {
 				return k, fmt.Errorf("GET of a new key: %v", err)
 			}
 			v, err := load(ctx, q)
