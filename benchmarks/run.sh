@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # run.sh runs the comparison benchmarks of this folder and prints a Markdown
-# summary: ratios against raw go-redis, the stampede, reads while entries
-# expire, locks, the machine and the date.
+# summary: ratios against raw go-redis and the other libraries, the server's
+# physical limit (redis-benchmark), the local tier, the stored size, the
+# stampede, reads while entries expire, locks, the targets, the machine and
+# the date.
 #
-#   benchmarks/run.sh            # 6 runs
+#   benchmarks/run.sh            # 5 runs
 #   COUNT=3 benchmarks/run.sh    # fewer runs
 #
 # Environment:
-#   COUNT      runs of the whole suite (default 6); each run is a fresh process
+#   COUNT      runs of the whole suite (default 5); each run is a fresh process
 #              with a fresh redis-server; runs alternate between libraries,
 #              and each starts the order of the libraries from another one
 #              (BENCH_RUN), so that a slow minute on a shared machine hits
@@ -20,13 +22,11 @@
 #
 # Without REDIS_ADDR every run starts its own redis-server (no persistence,
 # a free loopback port) and kills it at the end, so redis-server must be on
-# PATH (apt-get install redis-server). A run takes about a minute.
+# PATH (apt-get install redis-server); without redis-benchmark
+# (apt-get install redis-tools) its row is skipped. A run takes about three minutes.
 set -euo pipefail
 
-# benchstat from golang.org/x/perf, pinned so that every run summarises alike.
-BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da
-
-COUNT="${COUNT:-6}"
+COUNT="${COUNT:-5}"
 BENCH="${BENCH:-.}"
 BENCHTIME="${BENCHTIME:-1s}"
 
@@ -42,17 +42,6 @@ if [ -z "${REDIS_ADDR:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
 	exit 1
 fi
 
-gobin="$(go env GOBIN)"
-if [ -z "$gobin" ]; then
-	gopath="$(go env GOPATH)"
-	gobin="${gopath%%:*}/bin"
-fi
-export PATH="$gobin:$PATH"
-if ! command -v benchstat >/dev/null 2>&1; then
-	echo "installing benchstat $BENCHSTAT_VERSION" >&2
-	go install "golang.org/x/perf/cmd/benchstat@$BENCHSTAT_VERSION"
-fi
-
 OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/stockpot-bench.XXXXXX")}"
 mkdir -p "$OUT"
 results="$OUT/results.txt"
@@ -60,6 +49,9 @@ results="$OUT/results.txt"
 echo "building the benchmarks" >&2
 go test -c -o "$OUT/benchmarks.test" .
 go build -o "$OUT/table" ./cmd/table
+# benchstat at the version of golang.org/x/perf in go.mod, the one cmd/table
+# reads the results with.
+go build -o "$OUT/benchstat" golang.org/x/perf/cmd/benchstat
 
 # The machine, as configuration lines of the benchmark format, which
 # benchstat and cmd/table read along with the results.
@@ -69,15 +61,22 @@ cpu_model="$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2>
 	echo "nproc: $(nproc)"
 	echo "cpu-model: ${cpu_model:-unknown}"
 	echo "go-version: $(go env GOVERSION)"
+	echo "stockpot-commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 } >"$results"
 
+# A run that fails (a benchmark's error on a machine that stalled) does not
+# stop the others: the table leaves out what it did not measure, and run.sh
+# says so and exits with an error at the end.
+failed=()
 for i in $(seq 1 "$COUNT"); do
 	echo "run $i of $COUNT" >&2
-	BENCH_RUN="$i" "$OUT/benchmarks.test" -test.run '^$' -test.bench "$BENCH" -test.benchmem \
-		-test.benchtime "$BENCHTIME" -test.timeout 15m | tee -a "$results" >&2
+	if ! BENCH_RUN="$i" "$OUT/benchmarks.test" -test.run '^$' -test.bench "$BENCH" -test.benchmem \
+		-test.benchtime "$BENCHTIME" -test.timeout 15m | tee -a "$results" >&2; then
+		failed+=("$i")
+	fi
 done
 
-benchstat "$results" >"$OUT/benchstat.txt"
+"$OUT/benchstat" "$results" >"$OUT/benchstat.txt"
 "$OUT/table" "$results" >"$OUT/table.md"
 
 echo
@@ -93,3 +92,7 @@ cat "$OUT/table.md"
 echo
 echo "Reproduce with \`COUNT=$COUNT benchmarks/run.sh\` from the repository root."
 echo "Raw results, benchstat's output and the table are in $OUT." >&2
+if [ "${#failed[@]}" -gt 0 ]; then
+	echo "run.sh: run(s) ${failed[*]} of $COUNT failed (their errors are in $results)" >&2
+	exit 1
+fi
