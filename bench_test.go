@@ -573,3 +573,79 @@ func stockpotRead(ctx context.Context, m *Manager) func(string) error {
 		return err
 	}
 }
+
+// BenchmarkCompression reads the benchmark payload stored compressed (the
+// default CompressAbove) and stored as encoded (CompressAbove 64 KiB, the
+// default before), one read of each in turn, and reports the median of
+// each, their ratio, and what each stores: the value's length and Redis's
+// MEMORY USAGE of its key.
+func BenchmarkCompression(b *testing.B) {
+	srv, rdb, compressed := benchSetup(b)
+	plain, err := New(srv.Client(b), &Options{Prefix: "bench-plain", Timeout: defaultTimeout, CompressAbove: 64 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { closeWithin(b, plain) })
+	ctx := context.Background()
+	payload := benchPayload()
+	for _, m := range []*Manager{compressed, plain} {
+		if err := m.Set(ctx, "dashboard", payload, NoExpiry()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	stored := func(m *Manager) (length, usage int64) {
+		key := m.entryKey("dashboard")
+		length, err := rdb.StrLen(ctx, key).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		usage, err = rdb.MemoryUsage(ctx, key).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return length, usage
+	}
+	get := func(m *Manager) func() {
+		return func() {
+			if _, err := Get[[]benchRow](ctx, m, "dashboard"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("Get/compressed-vs-plain", func(b *testing.B) {
+		var old, ours []time.Duration
+		for i := 0; b.Loop(); i++ {
+			if i%2 == 0 {
+				old = append(old, timeOne(get(plain)))
+				ours = append(ours, timeOne(get(compressed)))
+			} else {
+				ours = append(ours, timeOne(get(compressed)))
+				old = append(old, timeOne(get(plain)))
+			}
+		}
+		slices.Sort(old)
+		slices.Sort(ours)
+		o, n := old[len(old)/2], ours[len(ours)/2]
+		b.ReportMetric(float64(o.Nanoseconds()), "plain-ns")
+		b.ReportMetric(float64(n.Nanoseconds()), "compressed-ns")
+		b.ReportMetric(float64(n)/float64(o), "ratio")
+		pl, pu := stored(plain)
+		cl, cu := stored(compressed)
+		b.ReportMetric(float64(pl), "plain-B")
+		b.ReportMetric(float64(cl), "compressed-B")
+		b.ReportMetric(float64(pu), "plain-mem-B")
+		b.ReportMetric(float64(cu), "compressed-mem-B")
+	})
+	for _, c := range []struct {
+		name string
+		m    *Manager
+	}{{"Get/plain", plain}, {"Get/compressed", compressed}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			hit := get(c.m)
+			for b.Loop() {
+				hit()
+			}
+		})
+	}
+}

@@ -54,10 +54,12 @@ type Options struct {
 	MaxValueSize int
 
 	// CompressAbove is the encoded size in bytes above which values are
-	// compressed with S2 before they are stored. A negative value turns
-	// compression off.
+	// compressed with S2 before they are stored; a value is stored
+	// compressed only when that saves at least an eighth of its size. A
+	// negative value turns compression off. Values stored compressed or not
+	// are read whatever this is set to.
 	//
-	// default: 64 KiB
+	// default: 128 (bytes)
 	CompressAbove int
 
 	// LeaseTTL is how long a load's lease lasts. The loading caller renews it
@@ -212,7 +214,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		o.MaxValueSize = 1 << 20
 	}
 	if o.CompressAbove == 0 {
-		o.CompressAbove = 64 << 10
+		o.CompressAbove = compressAboveDefault
 	}
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = 5 * time.Second

@@ -113,6 +113,13 @@ func hostileCases() []hostileCase {
 		s2c(Msgpack, "s2/claims the most it may, holds nothing", cat(claim(maxExpansion<<20), []byte{0})),
 		s2c(Msgpack, "s2/array of 2^31, compressed", s2.Encode(nil, arrayBomb)),
 		s2c(Msgpack, "s2/nested arrays, compressed", s2.Encode(nil, nestedArrays)),
+		// 13 bytes of S2 that decode, to one byte more than a read may
+		// decompress: refused before decompressing.
+		s2c(Msgpack, "s2/zeros, one byte over the most it may", s2.Encode(nil, make([]byte, maxExpansion<<20+1))),
+		// The most a read decompresses, from 13 bytes, none of it a value.
+		s2c(Msgpack, "s2/0xc1s, the most it may", s2.Encode(nil, bytes.Repeat([]byte{0xc1}, maxExpansion<<20))),
+		s2c(Msgpack, "s2/holds more than it claims", cat(claim(4), []byte{59 << 2}, bytes.Repeat([]byte{0x90}, 60))),
+		s2c(Msgpack, "s2/copies from before its start", cat(claim(10), []byte{0x01 | 6<<2, 0x01})),
 		js("2 MiB of nested arrays", bytes.Repeat([]byte{'['}, 2<<20)),
 		js("2 MiB of nested objects", []byte(strings.Repeat(`{"a":`, 400000))),
 		js("cut short", []byte(`[{"id":1,"name":"x`)),

@@ -155,7 +155,7 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 	for _, t := range targets {
 		switch t.kind {
 		case targetKey:
-			r := m.keyRef(t.name).withLease()
+			r := m.keyLeaseRef(t.name)
 			p.strings = append(p.strings, stringEntry{r.key, r.lease})
 		case targetEntry:
 			p.strings = append(p.strings, stringEntry{t.key, t.lease})

@@ -464,3 +464,13 @@ func mixedTargets(n int, h *Hash[int], mm *Memo[int, int]) []Target {
 	}
 	return targets
 }
+
+// TestKeyLeaseRef checks that the keys Invalidate builds for a Key target in
+// one allocation are the ones every other path builds, for names that need
+// escaping too.
+func TestKeyLeaseRef(t *testing.T) {
+	m := &Manager{prefix: "p:"}
+	for _, k := range []string{"k", "", "a}b", "%7D", "x:l", "{k:y}", "é"} {
+		assert.Equal(t, m.keyRef(k).withLease(), m.keyLeaseRef(k), "key %q", k)
+	}
+}

@@ -119,6 +119,14 @@ func (m *Manager) keyRef(key string) entryRef {
 	return entryRef{kind: refKey, key: m.entryKey(key)}
 }
 
+// keyLeaseRef returns where a plain key's entry and its lease live, with
+// both keys made in one allocation: the entry's key is the start of its
+// lease's.
+func (m *Manager) keyLeaseRef(key string) entryRef {
+	lease := m.prefix + "{k:" + escape(key) + "}" + leaseSuffix
+	return entryRef{kind: refKey, key: lease[:len(lease)-len(leaseSuffix)], lease: lease}
+}
+
 // keyPrefix returns the start that the entry and lease keys of every plain
 // key starting with p share.
 func (m *Manager) keyPrefix(p string) string {

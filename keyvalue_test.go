@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -201,6 +203,60 @@ func TestCompression(t *testing.T) {
 		// MaxValueSize applies after compression: 9 KB of text stored in far less.
 		small := newEnv(t, b).manager(&Options{CompressAbove: 100, MaxValueSize: 2000})
 		require.NoError(t, small.Set(ctx, "big", big))
+	})
+}
+
+// TestCompressionDefault checks what the default CompressAbove stores: the
+// benchmark payload compressed to less than a quarter, small values and
+// values that do not shrink by an eighth as encoded; and that every
+// setting reads what the others stored, as a Manager reads what the
+// version before stored (compressed only above 64 KiB).
+func TestCompressionDefault(t *testing.T) {
+	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		env := newEnv(t, b)
+		ctx := t.Context()
+		byDefault := env.manager(nil)
+		before := env.manager(&Options{CompressAbove: 64 << 10})
+		off := env.manager(&Options{CompressAbove: -1})
+		rows := benchPayload()
+		// 3600 random bytes and 400 zeros: S2 saves a tenth.
+		barely := make([]byte, 4000)
+		_, _ = rand.NewChaCha8([32]byte{1}).Read(barely[:3600])
+		values := map[string]any{
+			"rows":    rows,
+			"one row": rows[:1],                  // 101 bytes: below the threshold
+			"short":   strings.Repeat("ab", 60),  // 122 bytes: below it too
+			"repeats": strings.Repeat("ab", 100), // compresses
+			"barely":  barely,                    // S2 would not save an eighth
+			"zero":    0,
+		}
+		compressedByDefault := map[string]bool{"rows": true, "repeats": true}
+		stored := func(m *Manager, key string) (envelope.Header, int) {
+			t.Helper()
+			raw, err := m.Client().Get(ctx, m.keyRef(key).key).Bytes()
+			require.NoError(t, err, key)
+			h, _, err := envelope.Decode(raw)
+			require.NoError(t, err, key)
+			return h, len(raw)
+		}
+		for _, w := range []*Manager{byDefault, before, off} {
+			for key, v := range values {
+				require.NoError(t, w.Set(ctx, key, v), key)
+				h, _ := stored(w, key)
+				want := w == byDefault && compressedByDefault[key]
+				assert.Equal(t, want, h.Flags&envelope.Compressed != 0, "%s compressed, CompressAbove %d", key, w.opts.CompressAbove)
+				for _, r := range []*Manager{byDefault, before, off} {
+					got := reflect.New(reflect.TypeOf(v))
+					require.NoError(t, r.Get(ctx, key, got.Interface()), "%s written with CompressAbove %d, read with %d", key, w.opts.CompressAbove, r.opts.CompressAbove)
+					assert.Equal(t, v, got.Elem().Interface(), key)
+				}
+			}
+		}
+		require.NoError(t, byDefault.Set(ctx, "rows", rows))
+		_, n := stored(byDefault, "rows")
+		raw, err := Msgpack.Marshal(rows)
+		require.NoError(t, err)
+		assert.Less(t, n, len(raw)/4, "the benchmark payload stored compressed")
 	})
 }
 

@@ -110,6 +110,9 @@ func (g *flightGroup) finish(key flightKey, f *flight, val any, at time.Time, er
 func (g *flightGroup) detach(keys []string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if len(g.m) == 0 {
+		return // none in flight: no key to look up
+	}
 	for _, k := range keys {
 		delete(g.m, flightKey{k, false})
 		delete(g.m, flightKey{k, true})
