@@ -37,6 +37,14 @@ func TestReadmeSnippetsTypeCheck(t *testing.T) {
 	imp := exportImporter(t)
 	for _, s := range snippets {
 		for _, msg := range typeCheckSnippet(imp, s.code) {
+			// A module of its own in this repository (promcache, ...)
+			// is not a dependency of this one: its snippet is checked
+			// here for everything but that import.
+			if m := otherModuleImport.FindStringSubmatch(msg.text); m != nil {
+				if _, err := os.Stat(m[1] + "/go.mod"); err == nil {
+					continue
+				}
+			}
 			t.Errorf("README.md:%d: %s", s.line+msg.line, msg.text)
 		}
 	}
@@ -70,6 +78,8 @@ type snippet struct {
 	line int // the line of the fence in README.md
 	code string
 }
+
+var otherModuleImport = regexp.MustCompile(`^could not import github\.com/stockpot-go/cache/(\w+) `)
 
 var fence = regexp.MustCompile("(?m)^```go\n")
 
