@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -148,4 +149,30 @@ func TestHTTP(t *testing.T) {
 	}
 	do("GET", "/debug/vars", "", "", 200, nil)
 	do("GET", "/", "", "", 200, nil)
+}
+
+// TestFiguresDoNotDependOnTheClock checks that the seven-day figures are
+// those of the generated history's calendar, whatever the time of day or
+// the day the program runs: a history that ended years ago has the same
+// trending flavours and last-seven-days revenues as one that ends today.
+func TestFiguresDoNotDependOnTheClock(t *testing.T) {
+	today := Generate(3000, startOfDay(time.Now()))
+	past := Generate(3000, time.Date(2020, 3, 1, 0, 0, 0, 0, time.UTC))
+	trending := today.Trending()
+	if len(trending) == 0 || trending[0].Item != "Alphonso Mango" {
+		t.Fatalf("trending = %v, want Alphonso Mango first (mango season)", trending)
+	}
+	if got := past.Trending(); !slices.Equal(got, trending) {
+		t.Errorf("trending of a history that ended in 2020 = %v, want %v as for one that ends today", got, trending)
+	}
+	now, then := today.AllOutletMetrics(), past.AllOutletMetrics()
+	for outlet, m := range now {
+		if m.Last7Days == 0 {
+			t.Errorf("%s: no revenue in the last 7 days", outlet)
+		}
+		if then[outlet].Last7Days != m.Last7Days {
+			t.Errorf("%s: last 7 days' revenue %d for a history that ended in 2020, %d for today's", outlet,
+				then[outlet].Last7Days, m.Last7Days)
+		}
+	}
 }
