@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -148,6 +149,19 @@ func TestHTTP(t *testing.T) {
 		t.Errorf("admin stats: %d keys, %d loads", report.Keys, report.Stats.Total.Loads)
 	}
 	do("GET", "/debug/vars", "", "", 200, nil)
+	scrape := httpGet(t, client, srv.URL+"/metrics")
+	stats := m.Stats().ByName
+	for _, want := range []string{
+		fmt.Sprintf(`stockpot_hits_total{name="hash:outlet_metrics"} %d`, stats["hash:outlet_metrics"].Hits),
+		fmt.Sprintf(`stockpot_loads_total{name="memo:franchise_leaderboard"} %d`, stats["memo:franchise_leaderboard"].Loads),
+		fmt.Sprintf(`stockpot_misses_total{name="keys"} %d`, stats["keys"].Misses),
+		`stockpot_invalidations_total{kind="tag"} 2`, // the submission and the cancellation
+		`stockpot_breaker_state{state="closed"} 1`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, scrape)
+		}
+	}
 	do("GET", "/", "", "", 200, nil)
 }
 
@@ -175,4 +189,19 @@ func TestFiguresDoNotDependOnTheClock(t *testing.T) {
 				then[outlet].Last7Days, m.Last7Days)
 		}
 	}
+}
+
+// httpGet returns the body of a GET of url, failing t unless it is a 200.
+func httpGet(t *testing.T, client *http.Client, url string) string {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: status %d, %v: %s", url, resp.StatusCode, err, b)
+	}
+	return string(b)
 }
