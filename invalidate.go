@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -122,6 +123,7 @@ func (t Target) check() error {
 // Options.DefaultTTL) has passed is given up, the entries having expired.
 // Pending invalidations end with Close.
 func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
+	began := time.Now()
 	if err := m.check(ctx); err != nil {
 		return err
 	}
@@ -141,9 +143,7 @@ func (m *Manager) Invalidate(ctx context.Context, targets ...Target) error {
 	for k, n := range kinds {
 		if n > 0 {
 			m.inv.byKind[k].Add(n)
-			if m.opts.Observer != nil {
-				m.opts.Observer.Observe(Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n})
-			}
+			observe(m.opts.Observer, ctx, Event{Kind: EventInvalidate, Name: targetKindNames[k], N: n, Duration: time.Since(began)})
 		}
 	}
 	return nil

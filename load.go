@@ -803,7 +803,7 @@ func callLoader[T any](ctx context.Context, st *counters, l batchLoader[T], idx 
 		if r := recover(); r != nil {
 			vals, err = nil, &PanicError{Value: r, Stack: debug.Stack()}
 		}
-		st.loaded(took, err)
+		st.loaded(ctx, took, err)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			st.add(EventLoadError, 1)
 		}

@@ -442,6 +442,7 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 	l := &Lock{m: m, name: name, keys: []string{key, fenceKey(key)}, token: rand.Text()}
 	ms := ttl.Milliseconds()
 	var timer *time.Timer
+	began := time.Now()
 	for n := 1; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, err)
@@ -461,10 +462,10 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		}
 		if fence > 0 {
 			l.fence = fence
-			m.locks.add(EventLockObtained, 1)
+			m.locks.addCtx(ctx, EventLockObtained, time.Since(began))
 			return l, sent.Add(ttl), nil
 		}
-		m.locks.add(EventLockWait, 1)
+		m.locks.addCtx(ctx, EventLockWait, 0)
 		wait := s.wait(n)
 		if wait < 0 || (s.maxAttempts > 0 && n >= s.maxAttempts) {
 			if n == 1 {

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"context"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -76,10 +77,13 @@ type Event struct {
 	Kind EventKind
 	// Name is the counters' name ("keys", "hash:NAME", "memo:NAME"), or
 	// what the kind says for EventInvalidate and EventBreakerState.
-	Name     string
-	N        uint64        // how many (1 but for batch writes, deletes and invalidations)
-	Duration time.Duration // how long the loader took, for EventLoad
-	Err      error         // the loader's error, for EventLoad
+	Name string
+	N    uint64 // how many (1 but for batch writes, deletes and invalidations)
+	// Duration is how long the loader took, for EventLoad; how long the
+	// Invalidate call took, for EventInvalidate; how long obtaining the
+	// lock took (waits included), for EventLockObtained.
+	Duration time.Duration
+	Err      error // the loader's error, for EventLoad
 }
 
 // An Observer is told of every event a Manager counts, to feed metrics
@@ -89,6 +93,27 @@ type Event struct {
 // Manager.
 type Observer interface {
 	Observe(Event)
+}
+
+// A ContextObserver is an Observer that is also told the context of the
+// call an event belongs to, so that what it records nests under the
+// caller's trace (a span for a load, say) and its metrics can carry
+// exemplars. ObserveContext is called instead of Observe for EventLoad
+// (with the load's context: the first caller's values, not its deadline),
+// EventInvalidate, EventLockObtained and EventLockWait; Observe for the
+// others. The rules of Observe hold for it too.
+type ContextObserver interface {
+	Observer
+	ObserveContext(ctx context.Context, e Event)
+}
+
+// observe tells obs of e, with ctx when obs takes one.
+func observe(obs Observer, ctx context.Context, e Event) {
+	if co, ok := obs.(ContextObserver); ok {
+		co.ObserveContext(ctx, e)
+	} else if obs != nil {
+		obs.Observe(e)
+	}
 }
 
 // ObserverFunc adapts a function to an Observer.
@@ -195,11 +220,17 @@ func (c *counters) add(k EventKind, n uint64) {
 // progress; loaded tells the Observer how it went.
 func (c *counters) loading() { c.n[EventLoad].Add(1) }
 
-// loaded tells the Observer of a loader call that took d and returned err.
-func (c *counters) loaded(d time.Duration, err error) {
-	if c.obs != nil {
-		c.obs.Observe(Event{Kind: EventLoad, Name: c.name, N: 1, Duration: d, Err: err})
-	}
+// loaded tells the Observer of a loader call under ctx that took d and
+// returned err.
+func (c *counters) loaded(ctx context.Context, d time.Duration, err error) {
+	observe(c.obs, ctx, Event{Kind: EventLoad, Name: c.name, N: 1, Duration: d, Err: err})
+}
+
+// addCtx counts an event of kind k, of a call under ctx that took d, and
+// tells the Observer.
+func (c *counters) addCtx(ctx context.Context, k EventKind, d time.Duration) {
+	c.n[k].Add(1)
+	observe(c.obs, ctx, Event{Kind: k, Name: c.name, N: 1, Duration: d})
 }
 
 func (c *counters) snapshot() Counters {

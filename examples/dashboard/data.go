@@ -356,7 +356,7 @@ func (s *Store) OutletMetrics(outlet string) (OutletMetrics, bool) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	acc, weekAgo := newOutletAcc(outlet), time.Now().AddDate(0, 0, -7)
+	acc, weekAgo := newOutletAcc(outlet), s.weekAgo()
 	for i := range s.invoices {
 		if inv := &s.invoices[i]; inv.Outlet == outlet && !inv.Cancelled {
 			acc.add(inv, weekAgo)
@@ -364,6 +364,11 @@ func (s *Store) OutletMetrics(outlet string) (OutletMetrics, bool) {
 	}
 	return acc.result(), true
 }
+
+// weekAgo is where "the last seven days" start: the seven days before
+// today, by the generated history's calendar and not the clock, so that
+// the figures are the same whenever the program runs.
+func (s *Store) weekAgo() time.Time { return s.today.AddDate(0, 0, -7) }
 
 // AllOutletMetrics computes every outlet's metrics in one scan.
 func (s *Store) AllOutletMetrics() map[string]OutletMetrics {
@@ -373,7 +378,7 @@ func (s *Store) AllOutletMetrics() map[string]OutletMetrics {
 	for o := range regionOf {
 		accs[o] = newOutletAcc(o)
 	}
-	weekAgo := time.Now().AddDate(0, 0, -7)
+	weekAgo := s.weekAgo()
 	for i := range s.invoices {
 		if inv := &s.invoices[i]; !inv.Cancelled {
 			accs[inv.Outlet].add(inv, weekAgo)
@@ -398,7 +403,7 @@ type TrendingItem struct {
 func (s *Store) Trending() []TrendingItem {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	weekAgo := time.Now().AddDate(0, 0, -7)
+	weekAgo := s.weekAgo()
 	byItem := map[string]*TrendingItem{}
 	for i := range s.invoices {
 		inv := &s.invoices[i]

@@ -8,7 +8,8 @@
 //   - a leaderboard memoized per (region, limit), tagged by region (cache.Memoize);
 //   - invoice events that invalidate only what an invoice changed (m.OnEvent, m.Emit);
 //   - warming at start-up and daily (m.WarmAll, m.WarmEvery);
-//   - the Manager's events fed to expvar by an Observer, served at /debug/vars.
+//   - the Manager's events fed to expvar by an Observer, served at /debug/vars;
+//   - its Stats served to Prometheus at /metrics (promcache).
 //
 // It prints a scripted demo, then serves the dashboard over HTTP until
 // Ctrl-C. With -demo (or DASHBOARD_DEMO=1) it exits after the demo. With

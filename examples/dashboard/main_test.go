@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -147,5 +149,59 @@ func TestHTTP(t *testing.T) {
 		t.Errorf("admin stats: %d keys, %d loads", report.Keys, report.Stats.Total.Loads)
 	}
 	do("GET", "/debug/vars", "", "", 200, nil)
+	scrape := httpGet(t, client, srv.URL+"/metrics")
+	stats := m.Stats().ByName
+	for _, want := range []string{
+		fmt.Sprintf(`stockpot_hits_total{name="hash:outlet_metrics"} %d`, stats["hash:outlet_metrics"].Hits),
+		fmt.Sprintf(`stockpot_loads_total{name="memo:franchise_leaderboard"} %d`, stats["memo:franchise_leaderboard"].Loads),
+		fmt.Sprintf(`stockpot_misses_total{name="keys"} %d`, stats["keys"].Misses),
+		`stockpot_invalidations_total{kind="tag"} 2`, // the submission and the cancellation
+		`stockpot_breaker_state{state="closed"} 1`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, scrape)
+		}
+	}
 	do("GET", "/", "", "", 200, nil)
+}
+
+// TestFiguresDoNotDependOnTheClock checks that the seven-day figures are
+// those of the generated history's calendar, whatever the time of day or
+// the day the program runs: a history that ended years ago has the same
+// trending flavours and last-seven-days revenues as one that ends today.
+func TestFiguresDoNotDependOnTheClock(t *testing.T) {
+	today := Generate(3000, startOfDay(time.Now()))
+	past := Generate(3000, time.Date(2020, 3, 1, 0, 0, 0, 0, time.UTC))
+	trending := today.Trending()
+	if len(trending) == 0 || trending[0].Item != "Alphonso Mango" {
+		t.Fatalf("trending = %v, want Alphonso Mango first (mango season)", trending)
+	}
+	if got := past.Trending(); !slices.Equal(got, trending) {
+		t.Errorf("trending of a history that ended in 2020 = %v, want %v as for one that ends today", got, trending)
+	}
+	now, then := today.AllOutletMetrics(), past.AllOutletMetrics()
+	for outlet, m := range now {
+		if m.Last7Days == 0 {
+			t.Errorf("%s: no revenue in the last 7 days", outlet)
+		}
+		if then[outlet].Last7Days != m.Last7Days {
+			t.Errorf("%s: last 7 days' revenue %d for a history that ended in 2020, %d for today's", outlet,
+				then[outlet].Last7Days, m.Last7Days)
+		}
+	}
+}
+
+// httpGet returns the body of a GET of url, failing t unless it is a 200.
+func httpGet(t *testing.T, client *http.Client, url string) string {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: status %d, %v: %s", url, resp.StatusCode, err, b)
+	}
+	return string(b)
 }

@@ -15,7 +15,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/stockpot-go/cache"
+	"github.com/stockpot-go/cache/promcache"
 )
 
 //go:embed index.html
@@ -37,6 +41,10 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /api/invoices/{id}/cancel", s.cancel)
 	mux.HandleFunc("GET /admin/stats", s.adminStats)
 	mux.Handle("GET /debug/vars", expvar.Handler())
+	// Prometheus reads the Manager's Stats at each scrape.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(promcache.NewCollector(s.m, nil))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux
 }
 
