@@ -490,6 +490,12 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 		a.taken = leases[j].Val()
 		if gens[j] != nil {
 			a.gen = gens[j].Val()
+			if a.gen == "" {
+				// An invalidation deleted the generation between its SET NX
+				// and its GET: no value stored before can be vouched for
+				// (and this load's store will be refused).
+				continue
+			}
 		}
 		v := vals[j]
 		res := v.cmd.Val()
