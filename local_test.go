@@ -69,12 +69,14 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 			}, testredis.Timeout, time.Millisecond, "b to see the invalidation of %v", target)
 		case targetTag, targetKey:
 			require.Eventually(t, func() bool {
-				_, ok := localGet[int64](b, b.kv, b.entryKey("k"))
+				r := localRef{slot: localSlot{name: "k", space: spaceKeys}} // where GetOrLoad keeps it
+				_, ok := localGet[struct{}, int64](b, b.kv, &r, nil)
 				return !ok
 			}, testredis.Timeout, time.Millisecond, "b's copy of k to be dropped by %v", target)
 		case targetField:
 			require.Eventually(t, func() bool {
-				_, ok := localGet[int64](b, h.st, localKey(h.ref("f")))
+				r := b.local.nameRef(h.ref("f"))
+				_, ok := localGet[struct{}, int64](b, h.st, &r, nil)
 				return !ok
 			}, testredis.Timeout, time.Millisecond, "b's copy of the field to be dropped")
 		}
@@ -117,8 +119,11 @@ func TestLocalTierResubscribes(t *testing.T) {
 	_, err = GetOrLoad(ctx, b, "k", func(context.Context) (int, error) { return 1, nil })
 	require.NoError(t, err)
 	require.NoError(t, a.Invalidate(ctx, Key("k")))
-	require.Eventually(t, func() bool { return b.local.c.EstimatedSize() == 0 }, testredis.Timeout, time.Millisecond,
-		"b's copy to be dropped by a's invalidation")
+	require.Eventually(t, func() bool {
+		r := localRef{slot: localSlot{name: "k", space: spaceKeys}} // where GetOrLoad keeps it
+		_, ok := localGet[struct{}, int](b, b.kv, &r, nil)
+		return !ok
+	}, testredis.Timeout, time.Millisecond, "b's copy to be dropped by a's invalidation")
 }
 
 func TestLocalTierNeverOutlivesRedis(t *testing.T) {
