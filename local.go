@@ -34,14 +34,16 @@ import (
 //
 // Each change to the tier moves an epoch; a read that put a value in the
 // tier takes it out again when the epoch moved since the read began, so an
-// invalidation racing a read never leaves the old value behind.
+// invalidation racing a read never leaves the old value behind; and until
+// it does, the generations below keep that value from being served.
 //
 // A hit is one lookup: a memo with a plain argument type keeps its copies
 // under the argument (localarg.go) and GetOrLoad under the key as given,
 // so that a hit builds no key. Drops name entries by their Redis keys,
 // which do not find such a copy; so every copy carries the generation of
-// its key's bucket, read before the read that made it began, and a drop
-// of a key moves its bucket's generation before it returns: a copy whose
+// its key's bucket and the tier's clear generation, read before the read
+// that made it began, and a drop moves its keys' buckets' generations (a
+// drop of all, the clear generation) before it returns: a copy whose
 // generation has moved is never served. A copy expires by otter's clock
 // (the Manager's, when Options.Now is set), so a hit reads no clock of its
 // own.
@@ -70,7 +72,11 @@ type localTier struct {
 	// before the read that made it began. That is what drops a copy kept
 	// under a memo argument or a plain key, whose slot a drop (which names
 	// entries by their keys) cannot find.
-	gens    [localBuckets]atomic.Uint64
+	gens [localBuckets]atomic.Uint64
+	// cleared is moved by every drop of all copies, and checked as gens
+	// are: a copy stored by a read that began before a clear is never
+	// served, even in the moment before that read takes it out again.
+	cleared atomic.Uint64
 	seed    maphash.Seed
 	spaces  atomic.Uint64 // the last slot space handed to a memo
 	ready   atomic.Bool   // the subscription is up: the tier may serve and keep copies
@@ -108,16 +114,17 @@ type localRef struct {
 
 // localEntry is a copy in the tier. It does not change once made.
 type localEntry struct {
-	val    any    // the value, or an *argCopy under a memo argument
-	name   string // its slot's name and space
-	space  uint64
-	ttl    time.Duration // how long the tier keeps it
-	bucket uint32
-	gen    uint64 // gens[bucket] before the read that made it began
+	val     any    // the value, or an *argCopy under a memo argument
+	name    string // its slot's name and space
+	space   uint64
+	ttl     time.Duration // how long the tier keeps it
+	bucket  uint32
+	gen     uint64 // gens[bucket] before the read that made it began
+	cleared uint64 // and cleared
 }
 
 // localRead is the state of the tier when a read began.
-type localRead struct{ epoch, gen uint64 }
+type localRead struct{ epoch, gen, cleared uint64 }
 
 // newLocalTier returns the tier; now is the Manager's clock, nil for the
 // system's.
@@ -174,7 +181,7 @@ func (t *localTier) nameRef(ref entryRef) localRef {
 // begin returns the state of the tier for r, taken before a read of r's
 // entry begins.
 func (t *localTier) begin(r *localRef) localRead {
-	return localRead{t.epoch.Load(), t.gens[r.bucket].Load()}
+	return localRead{t.epoch.Load(), t.gens[r.bucket].Load(), t.cleared.Load()}
 }
 
 // find returns the copy in slot, if the tier is in use and no drop of its
@@ -188,7 +195,7 @@ func (t *localTier) find(slot *localSlot) (*localEntry, bool) {
 	if !ok || e.space != slot.space || e.name != slot.name {
 		return nil, false
 	}
-	if t.gens[e.bucket].Load() != e.gen {
+	if t.gens[e.bucket].Load() != e.gen || t.cleared.Load() != e.cleared {
 		t.c.Invalidate(k) // dropped: at worst this removes a newer copy, a miss
 		return nil, false
 	}
@@ -236,7 +243,7 @@ func (m *Manager) localPut(r *localRef, v any, freshUntil int64, r0 localRead) {
 		return
 	}
 	k := m.local.key(&r.slot)
-	m.local.c.Set(k, &localEntry{val: v, name: r.slot.name, space: r.slot.space, ttl: ttl, bucket: r.bucket, gen: r0.gen})
+	m.local.c.Set(k, &localEntry{val: v, name: r.slot.name, space: r.slot.space, ttl: ttl, bucket: r.bucket, gen: r0.gen, cleared: r0.cleared})
 	if m.local.epoch.Load() != r0.epoch {
 		m.local.c.Invalidate(k) // an invalidation ran meanwhile
 	}
@@ -248,6 +255,7 @@ func (t *localTier) drop(all bool, keys []string) {
 	t.epoch.Add(1)
 	if all {
 		t.clears.Add(1)
+		t.cleared.Add(1)
 		t.c.InvalidateAll()
 		return
 	}
@@ -372,7 +380,7 @@ type LocalStats struct {
 	// the fleet's invalidations is up. Until then, and while it is down,
 	// reads go to Redis.
 	Subscribed      bool
-	Entries         int    // entries held now (an estimate)
+	Entries         int    // entries held now (an estimate; a copy a drop voided counts until it expires or is next looked up)
 	Evictions       uint64 // entries evicted for room
 	Clears          uint64 // times the whole tier was dropped
 	Sent            uint64 // invalidation messages published
