@@ -219,8 +219,11 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = 5 * time.Second
 	}
+	var localNow func() time.Time // the local tier's clock: nil for the system's
 	if o.Now == nil {
 		o.Now = time.Now
+	} else {
+		localNow = o.Now
 	}
 	if o.Timeout == 0 {
 		o.Timeout = timeoutDefault
@@ -279,7 +282,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.MaxEntries < 0 || lo.TTL < 0 {
 			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
 		}
-		m.local = newLocalTier(lo, m.localChannel())
+		m.local = newLocalTier(lo, m.localChannel(), localNow)
 	}
 	m.cluster, _ = rdb.(*redis.ClusterClient)
 	m.ctxTimeouts = honoursContext(rdb)

@@ -71,10 +71,27 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 // *PanicError for every caller. When Redis fails, the caller still gets the
 // loader's value.
 func GetOrLoad[T any](ctx context.Context, m *Manager, key string, load func(context.Context) (T, error), opts ...Option) (T, error) {
+	var local localRef
+	if m.local != nil && key != "" && load != nil && len(opts) == 0 {
+		// Options are checked before a hit is served: with none, the copy
+		// kept under key as given is found without building its Redis key.
+		if err := m.check(ctx); err != nil {
+			var zero T
+			return zero, err
+		}
+		local.slot = localSlot{name: key, space: spaceKeys}
+		if v, ok := localGet[struct{}, T](m, m.kv, &local, nil); ok {
+			return v, nil
+		}
+	}
 	e, err := m.keyEntry(ctx, key, load != nil, opts)
 	if err != nil {
 		var zero T
 		return zero, err
+	}
+	if local.slot.space != 0 {
+		local.bucket = m.local.bucket(localKey(e.ref))
+		e.local = local
 	}
 	return readLoaded(ctx, m, &e, loader[struct{}, T]{f0: load})
 }

@@ -2,10 +2,12 @@ package cache
 
 import (
 	"context"
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
@@ -32,7 +34,19 @@ import (
 //
 // Each change to the tier moves an epoch; a read that put a value in the
 // tier takes it out again when the epoch moved since the read began, so an
-// invalidation racing a read never leaves the old value behind.
+// invalidation racing a read never leaves the old value behind; and until
+// it does, the generations below keep that value from being served.
+//
+// A hit is one lookup: a memo with a plain argument type keeps its copies
+// under the argument (localarg.go) and GetOrLoad under the key as given,
+// so that a hit builds no key. Drops name entries by their Redis keys,
+// which do not find such a copy; so every copy carries the generation of
+// its key's bucket and the tier's clear generation, read before the read
+// that made it began, and a drop moves its keys' buckets' generations (a
+// drop of all, the clear generation) before it returns: a copy whose
+// generation has moved is never served. A copy expires by otter's clock
+// (the Manager's, when Options.Now is set), so a hit reads no clock of its
+// own.
 
 // LocalOptions turn on the in-process tier in front of Redis.
 type LocalOptions struct {
@@ -50,9 +64,21 @@ type LocalOptions struct {
 
 // localTier is the in-process tier and its pub/sub invalidation.
 type localTier struct {
-	c       *otter.Cache[string, localEntry]
-	ttl     time.Duration
-	epoch   atomic.Uint64 // moved by every drop and clear
+	c     *otter.Cache[uint64, *localEntry] // by the hash of a slot
+	ttl   time.Duration
+	epoch atomic.Uint64 // moved by every drop and clear
+	// gens are moved by the drops of the local names in their bucket: a
+	// copy is served only while its bucket's generation is the one read
+	// before the read that made it began. That is what drops a copy kept
+	// under a memo argument or a plain key, whose slot a drop (which names
+	// entries by their keys) cannot find.
+	gens [localBuckets]atomic.Uint64
+	// cleared is moved by every drop of all copies, and checked as gens
+	// are: a copy stored by a read that began before a clear is never
+	// served, even in the moment before that read takes it out again.
+	cleared atomic.Uint64
+	seed    maphash.Seed
+	spaces  atomic.Uint64 // the last slot space handed to a memo
 	ready   atomic.Bool   // the subscription is up: the tier may serve and keep copies
 	channel string
 	id      string // this Manager's, to skip its own messages
@@ -60,17 +86,61 @@ type localTier struct {
 	evictions, sent, received, resubscriptions, clears atomic.Uint64
 }
 
-type localEntry struct {
-	val   any
-	until int64 // Unix milliseconds, Manager clock
+// localBuckets is the number of generations local names share. A drop
+// voids the copies of the names in its bucket: more buckets, fewer copies
+// voided for another's sake.
+const localBuckets = 1 << 12
+
+// localSlot is where a copy is kept in the tier: under the entry's local
+// name (localKey), under a plain key as the caller gave it, or under a
+// memo's argument, by its hash. The tier's cache holds a copy under the
+// slot's hash (see key) and the copy says what slot it is: two slots with
+// one hash take turns, and neither is served the other's copy.
+type localSlot struct {
+	name  string // the local name (space 0) or the plain key (spaceKeys)
+	space uint64 // 0, spaceKeys, or a memo's own space
+	arg   uint64 // a memo argument's hash
 }
 
-func newLocalTier(o LocalOptions, channel string) *localTier {
-	t := &localTier{ttl: o.TTL, channel: channel, id: newToken()}
-	t.c = otter.Must(&otter.Options[string, localEntry]{
-		MaximumSize:      o.MaxEntries,
-		ExpiryCalculator: otter.ExpiryWriting[string, localEntry](o.TTL),
-		OnDeletion: func(e otter.DeletionEvent[string, localEntry]) {
+// spaceKeys is the slot space of plain keys; memos' spaces follow it.
+const spaceKeys = 1
+
+// localRef is where an entry's copy is kept, and how it is checked.
+type localRef struct {
+	slot   localSlot
+	bucket uint32     // the bucket of the entry's local name
+	layout *argLayout // for a copy kept under a memo argument: the argument's type
+}
+
+// localEntry is a copy in the tier. It does not change once made.
+type localEntry struct {
+	val     any    // the value, or an *argCopy under a memo argument
+	name    string // its slot's name and space
+	space   uint64
+	ttl     time.Duration // how long the tier keeps it
+	bucket  uint32
+	gen     uint64 // gens[bucket] before the read that made it began
+	cleared uint64 // and cleared
+}
+
+// localRead is the state of the tier when a read began.
+type localRead struct{ epoch, gen, cleared uint64 }
+
+// newLocalTier returns the tier; now is the Manager's clock, nil for the
+// system's.
+func newLocalTier(o LocalOptions, channel string, now func() time.Time) *localTier {
+	t := &localTier{ttl: o.TTL, channel: channel, id: newToken(), seed: maphash.MakeSeed()}
+	var clock otter.Clock
+	if now != nil {
+		clock = localClock{now}
+	}
+	t.c = otter.Must(&otter.Options[uint64, *localEntry]{
+		MaximumSize: o.MaxEntries,
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[uint64, *localEntry]) time.Duration {
+			return e.Value.ttl
+		}),
+		Clock: clock,
+		OnDeletion: func(e otter.DeletionEvent[uint64, *localEntry]) {
 			if e.Cause == otter.CauseOverflow {
 				t.evictions.Add(1)
 			}
@@ -79,42 +149,103 @@ func newLocalTier(o LocalOptions, channel string) *localTier {
 	return t
 }
 
-// localGet returns the local copy of key, if there is a fresh one of type T.
-func localGet[T any](m *Manager, st *counters, key string) (T, bool) {
-	var zero T
-	if !m.local.ready.Load() {
-		return zero, false
+// localClock is the Manager's clock, when it is not the system's, as the
+// tier's cache reads it: copies expire by the time of the Manager.
+type localClock struct{ now func() time.Time }
+
+func (c localClock) NowNano() int64 { return c.now().UnixNano() }
+
+// Tick gives no ticks: expired copies are removed as they are met.
+func (c localClock) Tick(time.Duration) <-chan time.Time { return nil }
+
+// key returns the hash under which the tier's cache keeps slot's copy.
+func (t *localTier) key(slot *localSlot) uint64 {
+	h := slot.arg ^ slot.space*0x9e3779b97f4a7c15
+	if slot.name != "" {
+		h ^= maphash.String(t.seed, slot.name)
 	}
-	e, ok := m.local.c.GetIfPresent(key)
-	if !ok {
-		return zero, false
-	}
-	if m.now().UnixMilli() >= e.until {
-		m.local.c.Invalidate(key)
-		return zero, false
-	}
-	v, ok := e.val.(T)
-	if ok {
-		st.add(EventLocalHit, 1)
-	}
-	return v, ok
+	return h
 }
 
-// localPut keeps v as the local copy of key until freshUntil (Unix ms, 0 for
-// none) or the tier's TTL, whichever is first, unless the tier changed
-// since epoch e0 (taken before the read or load of v began).
-func (m *Manager) localPut(key string, v any, freshUntil int64, e0 uint64) {
-	now := m.now().UnixMilli()
-	until := now + m.local.ttl.Milliseconds()
-	if freshUntil > 0 && freshUntil < until {
-		until = freshUntil
+// bucket returns the bucket of a local name.
+func (t *localTier) bucket(name string) uint32 {
+	return uint32(maphash.String(t.seed, name) % localBuckets)
+}
+
+// nameRef returns the ref of a copy kept under the local name of ref.
+func (t *localTier) nameRef(ref entryRef) localRef {
+	name := localKey(ref)
+	return localRef{slot: localSlot{name: name}, bucket: t.bucket(name)}
+}
+
+// begin returns the state of the tier for r, taken before a read of r's
+// entry begins.
+func (t *localTier) begin(r *localRef) localRead {
+	return localRead{t.epoch.Load(), t.gens[r.bucket].Load(), t.cleared.Load()}
+}
+
+// find returns the copy in slot, if the tier is in use and no drop of its
+// entry came after the read that made it began.
+func (t *localTier) find(slot *localSlot) (*localEntry, bool) {
+	if !t.ready.Load() {
+		return nil, false
 	}
-	if until <= now || m.local.epoch.Load() != e0 || !m.local.ready.Load() {
+	k := t.key(slot)
+	e, ok := t.c.GetIfPresent(k)
+	if !ok || e.space != slot.space || e.name != slot.name {
+		return nil, false
+	}
+	if t.gens[e.bucket].Load() != e.gen || t.cleared.Load() != e.cleared {
+		t.c.Invalidate(k) // dropped: at worst this removes a newer copy, a miss
+		return nil, false
+	}
+	return e, true
+}
+
+// localGet returns r's copy, if there is a fresh one of type T; for a copy
+// kept under a memo argument, if it was kept for arg.
+func localGet[A, T any](m *Manager, st *counters, r *localRef, arg *A) (T, bool) {
+	var v T
+	e, ok := m.local.find(&r.slot)
+	if !ok {
+		return v, false
+	}
+	if r.layout != nil {
+		c, ok := e.val.(*argCopy[A, T])
+		if !ok || !r.layout.equal(unsafe.Pointer(&c.arg), unsafe.Pointer(arg)) {
+			return v, false
+		}
+		v = c.val
+	} else if v, ok = e.val.(T); !ok {
+		return v, false
+	}
+	st.add(EventLocalHit, 1)
+	return v, true
+}
+
+// localKeep returns what r keeps for v, read or loaded for arg.
+func localKeep[A, T any](r *localRef, arg A, v T) any {
+	if r.layout != nil {
+		return &argCopy[A, T]{arg: arg, val: v}
+	}
+	return v
+}
+
+// localPut keeps v as r's copy until freshUntil (Unix ms, 0 for none) or
+// the tier's TTL, whichever is first, unless the tier changed since r0
+// (taken before the read or load of v began).
+func (m *Manager) localPut(r *localRef, v any, freshUntil int64, r0 localRead) {
+	ttl := m.local.ttl
+	if freshUntil > 0 {
+		ttl = min(ttl, time.Duration(freshUntil-m.now().UnixMilli())*time.Millisecond)
+	}
+	if ttl <= 0 || m.local.epoch.Load() != r0.epoch || !m.local.ready.Load() {
 		return
 	}
-	m.local.c.Set(key, localEntry{val: v, until: until})
-	if m.local.epoch.Load() != e0 {
-		m.local.c.Invalidate(key) // an invalidation ran meanwhile
+	k := m.local.key(&r.slot)
+	m.local.c.Set(k, &localEntry{val: v, name: r.slot.name, space: r.slot.space, ttl: ttl, bucket: r.bucket, gen: r0.gen, cleared: r0.cleared})
+	if m.local.epoch.Load() != r0.epoch {
+		m.local.c.Invalidate(k) // an invalidation ran meanwhile
 	}
 }
 
@@ -124,11 +255,13 @@ func (t *localTier) drop(all bool, keys []string) {
 	t.epoch.Add(1)
 	if all {
 		t.clears.Add(1)
+		t.cleared.Add(1)
 		t.c.InvalidateAll()
 		return
 	}
 	for _, k := range keys {
-		t.c.Invalidate(k)
+		t.gens[t.bucket(k)].Add(1)
+		t.c.Invalidate(t.key(&localSlot{name: k}))
 	}
 }
 
@@ -247,7 +380,7 @@ type LocalStats struct {
 	// the fleet's invalidations is up. Until then, and while it is down,
 	// reads go to Redis.
 	Subscribed      bool
-	Entries         int    // entries held now (an estimate)
+	Entries         int    // entries held now (an estimate; a copy a drop voided counts until it expires or is next looked up)
 	Evictions       uint64 // entries evicted for room
 	Clears          uint64 // times the whole tier was dropped
 	Sent            uint64 // invalidation messages published

@@ -2,9 +2,15 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -69,12 +75,14 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 			}, testredis.Timeout, time.Millisecond, "b to see the invalidation of %v", target)
 		case targetTag, targetKey:
 			require.Eventually(t, func() bool {
-				_, ok := localGet[int64](b, b.kv, b.entryKey("k"))
+				r := localRef{slot: localSlot{name: "k", space: spaceKeys}} // where GetOrLoad keeps it
+				_, ok := localGet[struct{}, int64](b, b.kv, &r, nil)
 				return !ok
 			}, testredis.Timeout, time.Millisecond, "b's copy of k to be dropped by %v", target)
 		case targetField:
 			require.Eventually(t, func() bool {
-				_, ok := localGet[int64](b, h.st, localKey(h.ref("f")))
+				r := b.local.nameRef(h.ref("f"))
+				_, ok := localGet[struct{}, int64](b, h.st, &r, nil)
 				return !ok
 			}, testredis.Timeout, time.Millisecond, "b's copy of the field to be dropped")
 		}
@@ -117,8 +125,11 @@ func TestLocalTierResubscribes(t *testing.T) {
 	_, err = GetOrLoad(ctx, b, "k", func(context.Context) (int, error) { return 1, nil })
 	require.NoError(t, err)
 	require.NoError(t, a.Invalidate(ctx, Key("k")))
-	require.Eventually(t, func() bool { return b.local.c.EstimatedSize() == 0 }, testredis.Timeout, time.Millisecond,
-		"b's copy to be dropped by a's invalidation")
+	require.Eventually(t, func() bool {
+		r := localRef{slot: localSlot{name: "k", space: spaceKeys}} // where GetOrLoad keeps it
+		_, ok := localGet[struct{}, int](b, b.kv, &r, nil)
+		return !ok
+	}, testredis.Timeout, time.Millisecond, "b's copy to be dropped by a's invalidation")
 }
 
 func TestLocalTierNeverOutlivesRedis(t *testing.T) {
@@ -175,4 +186,182 @@ func TestLocalMessages(t *testing.T) {
 		_, _, _, ok := decodeDrop(bad)
 		assert.False(t, ok, bad)
 	}
+}
+
+// TestLocalTierNeverServesDropped attacks the hits that build no key (a
+// memo's struct argument, GetOrLoad's plain key): readers on two Managers
+// read as fast as they can while entries are invalidated every way there
+// is, by either Manager. Once an invalidation has returned, and its
+// message has reached the other Manager, no read that starts may return a
+// value loaded before it.
+func TestLocalTierNeverServesDropped(t *testing.T) {
+	srv := testredis.Start(t)
+	clock := newClock()
+	a, b := localManager(t, srv, clock), localManager(t, srv, clock)
+	waitSubscribed(t, a, b)
+	ctx := t.Context()
+	var version atomic.Int64
+	load := func(context.Context, leaderboardQuery) (int64, error) { return version.Load(), nil }
+	loadKey := func(context.Context) (int64, error) { return version.Load(), nil }
+	q := leaderboardQuery{"Pune", 5}
+	memos := map[*Manager]*Memo[leaderboardQuery, int64]{}
+	for _, m := range []*Manager{a, b} {
+		memos[m] = Memoize(m, "board", load, TTL(time.Hour), Tags("boards"))
+		m.OnEvent("board.changed", func(context.Context, any) []Target {
+			return []Target{memos[m].Entry(q), Key("summary")}
+		})
+	}
+	ways := []struct {
+		name       string
+		invalidate func(m *Manager) error
+	}{
+		{"entry", func(m *Manager) error { return m.Invalidate(ctx, memos[m].Entry(q), Key("summary")) }},
+		{"tag", func(m *Manager) error { return m.Invalidate(ctx, Tag("boards"), Key("summary")) }},
+		{"event", func(m *Manager) error { return m.Emit(ctx, "board.changed", nil) }},
+		{"memo", func(m *Manager) error { return m.Invalidate(ctx, memos[m].All(), Prefix("sum")) }},
+		{"forget", func(m *Manager) error {
+			return errors.Join(memos[m].Forget(ctx, q), m.Delete(ctx, "summary"))
+		}},
+		{"refresh", func(m *Manager) error {
+			_, err1 := memos[m].Refresh(ctx, q)
+			_, err2 := Refresh(ctx, m, "summary", loadKey)
+			return errors.Join(err1, err2)
+		}},
+	}
+
+	var floor atomic.Int64 // no read that starts now may return less
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	var reads, stale atomic.Int64
+	for _, m := range []*Manager{a, b, b} {
+		readers.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				f := floor.Load()
+				v, err := memos[m].Get(ctx, q)
+				w, err2 := GetOrLoad(ctx, m, "summary", loadKey)
+				if err != nil || err2 != nil {
+					t.Errorf("a read failed: %v, %v", err, err2)
+					return
+				}
+				reads.Add(1)
+				if v < f || w < f {
+					stale.Add(1)
+					t.Errorf("read %d (memo) and %d (key) after version %d was invalidated everywhere", v, w, f)
+					return
+				}
+			}
+		})
+	}
+	i := int64(0)
+	for range 15 {
+		for _, way := range ways {
+			for _, m := range []*Manager{a, b} {
+				i++
+				version.Store(i)
+				require.NoError(t, way.invalidate(m), way.name)
+				require.Eventually(t, func() bool {
+					sa, sb := a.Stats().Local, b.Stats().Local
+					return sa.Received >= sb.Sent && sb.Received >= sa.Sent
+				}, testredis.Timeout, 100*time.Microsecond, "the invalidation by %s to reach the other Manager", way.name)
+				floor.Store(i)
+			}
+		}
+	}
+	close(stop)
+	testredis.Wait(t, &readers, "the readers to stop")
+	assert.Zero(t, stale.Load())
+	hits := b.Stats().ByName["memo:board"].LocalHits + a.Stats().ByName["memo:board"].LocalHits
+	t.Logf("%d invalidations, %d reads, %d memo local hits, %d key local hits", i, reads.Load(), hits,
+		a.Stats().ByName["keys"].LocalHits+b.Stats().ByName["keys"].LocalHits)
+	assert.Positive(t, hits, "the readers were served by the local tier")
+	assert.Positive(t, a.Stats().ByName["keys"].LocalHits+b.Stats().ByName["keys"].LocalHits)
+}
+
+// TestLocalArgCopiesNeverShared: two arguments share a local copy only
+// when they share a Redis entry.
+func TestLocalArgCopiesNeverShared(t *testing.T) {
+	srv := testredis.Start(t)
+	m := localManager(t, srv, newClock())
+	waitSubscribed(t, m)
+	ctx := t.Context()
+
+	// A pointer's target may change under the same pointer: the key is
+	// the target's, and so is the copy.
+	type byPtr struct{ N *int }
+	n := 1
+	ptrs := Memoize(m, "ptr", func(_ context.Context, a byPtr) (int, error) { return *a.N, nil })
+	assert.Nil(t, ptrs.layout, "a pointer argument is not kept under the argument")
+	for range 2 {
+		v, err := ptrs.Get(ctx, byPtr{&n})
+		require.NoError(t, err)
+		require.Equal(t, 1, v)
+	}
+	n = 2
+	v, err := ptrs.Get(ctx, byPtr{&n})
+	require.NoError(t, err)
+	assert.Equal(t, 2, v, "the target changed: another entry")
+
+	// Floats: 0 and -0 are one argument, every NaN one argument, 1 another.
+	type byFloat struct {
+		F    float64
+		Note string `cache:"-"`
+	}
+	var calls atomic.Int32
+	floats := Memoize(m, "float", func(_ context.Context, a byFloat) (string, error) {
+		calls.Add(1)
+		return fmt.Sprint(a.F), nil
+	})
+	require.NotNil(t, floats.layout)
+	for _, c := range []struct {
+		arg  byFloat
+		want string
+	}{
+		{byFloat{F: 0}, "0"}, {byFloat{F: math.Copysign(0, -1)}, "0"}, {byFloat{F: 0, Note: "x"}, "0"},
+		{byFloat{F: math.NaN()}, "NaN"}, {byFloat{F: -math.NaN()}, "NaN"}, {byFloat{F: math.NaN()}, "NaN"},
+		{byFloat{F: 1}, "1"}, {byFloat{F: 1}, "1"},
+	} {
+		v, err := floats.Get(ctx, c.arg)
+		require.NoError(t, err)
+		assert.Equal(t, c.want, v, "%+v", c.arg)
+	}
+	assert.Equal(t, int32(3), calls.Load(), "one load per argument")
+	assert.Positive(t, m.Stats().ByName["memo:float"].LocalHits)
+
+	// Two memos of one type: one argument, two entries, two copies.
+	double := func(_ context.Context, s string) (string, error) { return s + s, nil }
+	upper := func(_ context.Context, s string) (string, error) { return strings.ToUpper(s), nil }
+	d, u := Memoize(m, "double", double), Memoize(m, "upper", upper)
+	for range 2 {
+		v, err := d.Get(ctx, "ab")
+		require.NoError(t, err)
+		assert.Equal(t, "abab", v)
+		v, err = u.Get(ctx, "ab")
+		require.NoError(t, err)
+		assert.Equal(t, "AB", v)
+	}
+
+	// Two arguments with one hash take turns in a slot; neither is served
+	// the other's copy. Forge the collision: keep "ab"'s copy in "xy"'s
+	// slot.
+	xy := "xy"
+	r := localRef{slot: localSlot{space: d.space, arg: d.layout.hash(m.local.seed, unsafe.Pointer(&xy))}, layout: d.layout}
+	r.bucket = m.local.bucket(localKey(mustRef(t, d, "ab")))
+	m.localPut(&r, localKeep(&r, "ab", "abab"), 0, m.local.begin(&r))
+	_, ok := localGet[string, string](m, d.st, &r, &xy)
+	assert.False(t, ok, "a copy kept for another argument is not served")
+	v2, err := d.Get(ctx, "xy")
+	require.NoError(t, err)
+	assert.Equal(t, "xyxy", v2)
+}
+
+func mustRef[A, R any](t *testing.T, mm *Memo[A, R], a A) entryRef {
+	t.Helper()
+	ref, err := mm.ref(a)
+	require.NoError(t, err)
+	return ref
 }

@@ -3,6 +3,8 @@ package cache
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"unsafe"
 )
 
 // Memo is a memoized function: its results are cached per argument. Make
@@ -20,6 +22,11 @@ type Memo[A, R any] struct {
 	keyBy func(A) string
 	s     settings
 	st    *counters
+	// layout is the argument type's, when the memo keeps its local copies
+	// under the argument (see localarg.go): with a local tier, no KeyBy,
+	// and a plain argument type. space is its local slots'.
+	layout *argLayout
+	space  uint64
 }
 
 // Memoize returns fn memoized under name: Get(ctx, a) returns fn(ctx, a)'s
@@ -75,6 +82,11 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 	}
 	mm.memoKeys = m.memoKeys(name)
 	mm.st = m.stats.get("memo:" + name)
+	if m.local != nil && mm.keyBy == nil {
+		if mm.layout = argLayoutOf(reflect.TypeFor[A]()); mm.layout != nil {
+			mm.space = spaceKeys + m.local.spaces.Add(1)
+		}
+	}
 	return mm
 }
 
@@ -125,10 +137,27 @@ func (mm *Memo[A, R]) entry(ctx context.Context, args A) (entry, error) {
 // one, else computed once across the fleet and stored. Errors are as for
 // GetOrLoad.
 func (mm *Memo[A, R]) Get(ctx context.Context, args A) (R, error) {
+	var local localRef
+	if mm.layout != nil {
+		if err := mm.m.check(ctx); err != nil {
+			var zero R
+			return zero, err
+		}
+		local = localRef{slot: localSlot{space: mm.space, arg: mm.layout.hash(mm.m.local.seed, unsafe.Pointer(&args))}, layout: mm.layout}
+		if v, ok := localGet[A, R](mm.m, mm.st, &local, &args); ok {
+			return v, nil
+		}
+	}
 	e, err := mm.entry(ctx, args)
 	if err != nil {
 		var zero R
 		return zero, err
+	}
+	if local.layout != nil && local.layout.equal(unsafe.Pointer(&args), unsafe.Pointer(&args)) {
+		// Kept under the argument; one that holds a NaN, which equals
+		// nothing, under its local name.
+		local.bucket = mm.m.local.bucket(localKey(e.ref))
+		e.local = local
 	}
 	return readLoaded(ctx, mm.m, &e, loader[A, R]{fn: mm.fn, arg: args})
 }

@@ -25,6 +25,9 @@ type entry struct {
 	s    *settings // its TTL, tags and stale-while-revalidate policy
 	st   *counters // the counters of its name
 	tags []string  // the tags a load records: s.tags, and a memo's TagsFor
+	// local is where its copy is kept in the local tier; when its slot is
+	// zero, under its local name.
+	local localRef
 }
 
 // loader is the function that loads an entry: fn(ctx, arg), or f0(ctx)
@@ -48,14 +51,15 @@ func (l loader[A, T]) call(ctx context.Context) (T, error) {
 // not wait).
 func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A, T]) (T, error) {
 	var zero T
-	var lk string
-	var e0 uint64
+	var r0 localRead
 	if m.local != nil {
-		lk = localKey(e.ref)
-		if v, ok := localGet[T](m, e.st, lk); ok {
+		if e.local.slot == (localSlot{}) {
+			e.local = m.local.nameRef(e.ref)
+		}
+		if v, ok := localGet[A, T](m, e.st, &e.local, &l.arg); ok {
 			return v, nil
 		}
-		e0 = m.local.epoch.Load()
+		r0 = m.local.begin(&e.local)
 	}
 	ctx = m.withBudget(ctx)
 	var v T
@@ -63,7 +67,7 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 	switch e.s.decide(m, e.st, h, state) {
 	case serve:
 		if m.local != nil {
-			m.localPut(lk, v, h.FreshUntil, e0)
+			m.localPut(&e.local, localKeep(&e.local, l.arg, v), h.FreshUntil, r0)
 		}
 		return v, nil
 	case notFound:
@@ -80,7 +84,7 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 	}
 	v, err := loadEntry(ctx, m, *e, false, l)
 	if err == nil && m.local != nil {
-		m.localPut(lk, v, freshUntil(m.now(), e.s.shortest()), e0)
+		m.localPut(&e.local, localKeep(&e.local, l.arg, v), freshUntil(m.now(), e.s.shortest()), r0)
 	}
 	return v, err
 }
@@ -245,15 +249,15 @@ func (m *Manager) readPiped(ctx context.Context, st *counters, ref entryRef, wan
 // (see loadMany). The error is the caller's ctx's, when it ended first.
 func readLoadedMany[T any](ctx context.Context, m *Manager, es []entry, l batchLoader[T]) ([]outcome[T], error) {
 	out := make([]outcome[T], len(es))
-	var lks []string
-	var e0 uint64
+	var lrs []localRef // where each copy is kept: under its local name
+	var r0s []localRead
 	todo := make([]int, 0, len(es))
 	if m.local != nil {
-		e0 = m.local.epoch.Load()
-		lks = make([]string, len(es))
+		lrs, r0s = make([]localRef, len(es)), make([]localRead, len(es))
 		for i := range es {
-			lks[i] = localKey(es[i].ref)
-			if v, ok := localGet[T](m, es[i].st, lks[i]); ok {
+			lrs[i] = m.local.nameRef(es[i].ref)
+			r0s[i] = m.local.begin(&lrs[i])
+			if v, ok := localGet[struct{}, T](m, es[i].st, &lrs[i], nil); ok {
 				out[i] = outcome[T]{v: v, has: true}
 				continue
 			}
@@ -276,7 +280,7 @@ func readLoadedMany[T any](ctx context.Context, m *Manager, es []entry, l batchL
 		switch e.s.decide(m, e.st, r.h, r.state) {
 		case serve:
 			if m.local != nil {
-				m.localPut(lks[i], out[i].v, r.h.FreshUntil, e0)
+				m.localPut(&lrs[i], out[i].v, r.h.FreshUntil, r0s[i])
 			}
 		case notFound:
 			out[i] = outcome[T]{err: ErrNotFound}
@@ -331,7 +335,7 @@ func readLoadedMany[T any](ctx context.Context, m *Manager, es []entry, l batchL
 	for j, i := range load {
 		out[i] = loaded[j]
 		if m.local != nil && loaded[j].has && loaded[j].err == nil {
-			m.localPut(lks[i], loaded[j].v, freshUntil(m.now(), es[i].s.shortest()), e0)
+			m.localPut(&lrs[i], loaded[j].v, freshUntil(m.now(), es[i].s.shortest()), r0s[i])
 		}
 	}
 	return out, nil
