@@ -585,6 +585,17 @@ func loadAndStore[T any](ctx context.Context, m *Manager, es []entry, idx []int,
 		return
 	}
 	results := m.storeMany(ctx, es, writes, hd)
+	var failed []int
+	for j, w := range writes {
+		if results[j].err != nil {
+			failed = append(failed, w.i)
+		}
+	}
+	if len(failed) > 0 {
+		// The store may not have run: give the leases up, so that other
+		// callers do not wait for them until they expire.
+		m.releaseMany(es, failed, hd)
+	}
 	for j, w := range writes {
 		o, r := outs[w.i], results[j]
 		at := r.at
