@@ -7,46 +7,68 @@ import (
 	"sync"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/stockpot-go/cache"
 )
 
-// errStaleFence is what the order store below answers a write whose fence is
-// not above the last one it accepted.
+// errStaleFence is what an OrderTable answers a write whose fence is not
+// above the last one it accepted.
 var errStaleFence = errors.New("stale fence: the lock was granted to someone else since")
 
-// fencedOrders stands in for the database table that a lock protects. Like
+// OrderTable stands in for the database table that a lock protects. Like
 //
 //	UPDATE orders SET status = $3, fence = $1 WHERE id = $2 AND fence < $1
 //
 // it remembers, per order, the highest fence it has accepted, and refuses a
-// write with a lower or equal one.
-type fencedOrders struct {
+// write with a lower or equal one. Its zero value is an empty table.
+type OrderTable struct {
 	mu     sync.Mutex // protects status and fence
 	status map[int]string
 	fence  map[int]int64
 }
 
-func newFencedOrders() *fencedOrders {
-	return &fencedOrders{status: map[int]string{}, fence: map[int]int64{}}
-}
-
-func (s *fencedOrders) SetStatus(id int, status string, fence int64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if fence <= s.fence[id] {
+// SetStatus sets order id's status, if fence is above the last one the
+// order was written with.
+func (t *OrderTable) SetStatus(id int, status string, fence int64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if fence <= t.fence[id] {
 		return errStaleFence
 	}
-	s.status[id], s.fence[id] = status, fence
+	if t.status == nil {
+		t.status, t.fence = map[int]string{}, map[int]int64{}
+	}
+	t.status[id], t.fence[id] = status, fence
 	return nil
+}
+
+// Status returns order id's status.
+func (t *OrderTable) Status(id int) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.status[id]
 }
 
 // Order processing under a lock: one instance of the fleet moves order 42
 // along at a time, and every write carries the lock's fence.
 func ExampleManager_WithLock() {
-	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
-	orders := newFencedOrders()
+	var orders OrderTable
 
 	for _, step := range []string{"paid", "baking", "out for delivery"} {
 		err := m.WithLock(ctx, "order:42", 10*time.Second, func(ctx context.Context) error {
@@ -57,7 +79,7 @@ func ExampleManager_WithLock() {
 			fmt.Println("order 42:", err)
 			return
 		}
-		fmt.Println("order 42:", orders.status[42])
+		fmt.Println("order 42:", orders.Status(42))
 	}
 	// Output:
 	// order 42: paid
@@ -68,9 +90,19 @@ func ExampleManager_WithLock() {
 // An inventory update under a lock: read, compute and write back the stock
 // of flour without another instance doing the same in between.
 func ExampleManager_WithLock_inventory() {
-	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
-	defer done()
-	rdb := m.Client()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	// A deadline for the whole batch: a pizza that cannot get the lock by
 	// then gives up with an error.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -96,7 +128,18 @@ func ExampleManager_WithLock_inventory() {
 			}
 		})
 	}
-	exampleWithin("the ten orders to take their flour", wg.Wait)
+	// Every WithLock returns by ctx's deadline; should one not, the example
+	// fails rather than hangs.
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		panic("the ten orders did not take their flour within 20 seconds")
+	}
 	kg, _ := rdb.Get(ctx, stock).Int()
 	fmt.Println("flour left:", kg, "kg")
 	// Output:
@@ -104,8 +147,19 @@ func ExampleManager_WithLock_inventory() {
 }
 
 func ExampleManager_TryLock() {
-	m, done := newExampleManagerWith(&cache.Options{Prefix: "pizzeria"})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	oven, err := m.TryLock(ctx, "oven:1", 30*time.Second)
@@ -141,10 +195,21 @@ func ExampleManager_TryLock() {
 // long pause would) still believes it holds the lock. Its late write is
 // refused by the store, because a newer holder wrote with a higher fence.
 func ExampleLock_Fence() {
-	m, mr, done := newExampleRedis(&cache.Options{Prefix: "pizzeria"})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "pizzeria"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
-	orders := newFencedOrders()
+	var orders OrderTable
 
 	slow, _ := m.TryLock(ctx, "order:42", 10*time.Second)
 	mr.FastForward(11 * time.Second) // slow pauses; its lease expires
@@ -155,7 +220,7 @@ func ExampleLock_Fence() {
 
 	fmt.Println("slow:", orders.SetStatus(42, "paid", slow.Fence()))
 	fmt.Println("slow:", slow.Release(ctx))
-	fmt.Println("order 42:", orders.status[42])
+	fmt.Println("order 42:", orders.Status(42))
 	// Output:
 	// fast: <nil>
 	// slow: stale fence: the lock was granted to someone else since

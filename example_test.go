@@ -11,83 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stockpot-go/cache"
-	"github.com/stockpot-go/cache/internal/testredis"
 )
-
-// newExampleManager returns a Manager on an in-process miniredis; a real
-// service passes its own go-redis client.
-func newExampleManager() (*cache.Manager, func()) {
-	return newExampleManagerWith(&cache.Options{Prefix: "scoopjoy"})
-}
-
-// newExampleManagerWith is newExampleManager with opts.
-func newExampleManagerWith(opts *cache.Options) (*cache.Manager, func()) {
-	m, _, done := newExampleRedis(opts)
-	return m, done
-}
-
-// newExampleRedis is newExampleManagerWith that also returns the miniredis,
-// for the examples that move its clock. The function it returns closes the
-// Manager, then the client and the miniredis; it panics when the Manager's
-// Close does not return within testredis.Timeout, so that an example fails
-// rather than hangs.
-func newExampleRedis(opts *cache.Options) (*cache.Manager, *miniredis.Miniredis, func()) {
-	mr, err := miniredis.Run()
-	if err != nil {
-		panic(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	m, err := cache.New(rdb, opts)
-	if err != nil {
-		panic(err)
-	}
-	// The local tier is used once its subscription is up.
-	for deadline := time.Now().Add(10 * time.Second); opts != nil && opts.Local != nil && !m.Stats().Local.Subscribed; {
-		if time.Now().After(deadline) {
-			panic("the local tier's subscription did not come up")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return m, mr, func() {
-		var err error
-		exampleWithin("the Manager to close", func() { err = m.Close() })
-		if err != nil {
-			panic(err)
-		}
-		rdb.Close()
-		mr.Close()
-	}
-}
-
-// exampleWithin runs f on a goroutine of its own and panics, saying that
-// what did not happen, when f has not returned within testredis.Timeout:
-// examples have no t to fail, and a panic fails them rather than letting
-// them hang until go test's -timeout.
-func exampleWithin(what string, f func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f()
-	}()
-	timer := time.NewTimer(testredis.Timeout)
-	defer timer.Stop()
-	select {
-	case <-done:
-	case <-timer.C:
-		panic(fmt.Sprintf("timed out after %v waiting for %s", testredis.Timeout, what))
-	}
-}
-
-// exampleEventually polls cond every millisecond until it holds, and panics,
-// saying that what did not happen, when it does not within
-// testredis.Timeout.
-func exampleEventually(what string, cond func() bool) {
-	for deadline := time.Now().Add(testredis.Timeout); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			panic(fmt.Sprintf("timed out after %v waiting for %s", testredis.Timeout, what))
-		}
-	}
-}
 
 type Summary struct {
 	Invoices int
@@ -95,8 +19,19 @@ type Summary struct {
 }
 
 func ExampleManager_Set() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	_ = m.Set(ctx, "dashboard_summary", Summary{Invoices: 1200, Revenue: 35210.5}, cache.TTL(time.Hour))
@@ -117,8 +52,19 @@ func ExampleManager_Set() {
 }
 
 func ExampleGetOrLoad() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	computeSummary := func(ctx context.Context) (Summary, error) {
@@ -141,8 +87,19 @@ type OutletMetrics struct {
 }
 
 func ExampleNewHash() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(time.Hour))
@@ -174,8 +131,19 @@ type Row struct {
 }
 
 func ExampleMemoize() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	computeLeaderboard := func(ctx context.Context, q LeaderboardQuery) ([]Row, error) {
@@ -205,8 +173,19 @@ func ExampleMemoize() {
 }
 
 func ExampleMemo_Refresh() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	version := 1
@@ -227,8 +206,19 @@ func ExampleMemo_Refresh() {
 }
 
 func ExampleGetOrLoad_notFound() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	findCustomer := func(ctx context.Context) (string, error) {
@@ -251,8 +241,19 @@ type Invoice struct {
 }
 
 func ExampleManager_OnEvent() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics", cache.TTL(time.Hour))
@@ -273,7 +274,7 @@ func ExampleManager_OnEvent() {
 
 	_ = m.Emit(ctx, "invoice.submitted", Invoice{Outlet: "outlet-42", Amount: 120})
 
-	_, err := cache.Get[Summary](ctx, m, "dashboard_summary")
+	_, err = cache.Get[Summary](ctx, m, "dashboard_summary")
 	fmt.Println(err)
 	all, _ := metrics.All(ctx)
 	fmt.Println(all)
@@ -283,8 +284,19 @@ func ExampleManager_OnEvent() {
 }
 
 func ExampleTag() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	_ = m.Set(ctx, "menu:outlet-41", []string{"mango"}, cache.Tags("menu"))
@@ -299,8 +311,19 @@ func ExampleTag() {
 }
 
 func ExampleManager_Invalidate() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	metrics := cache.NewHash[OutletMetrics](m, "outlet_metrics")
@@ -312,7 +335,7 @@ func ExampleManager_Invalidate() {
 	_, _ = leaderboard.Get(ctx, LeaderboardQuery{Region: "Mumbai", Limit: 1})
 
 	// Several kinds of target in one call, one round trip.
-	err := m.Invalidate(ctx,
+	err = m.Invalidate(ctx,
 		cache.Key("dashboard_summary"),
 		metrics.Field("outlet-42"),
 		leaderboard.All(),
@@ -331,8 +354,19 @@ func ExampleManager_Invalidate() {
 
 func ExampleStaleFor() {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	m, done := newExampleManagerWith(&cache.Options{Now: func() time.Time { return now }})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy", Now: func() time.Time { return now }})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	version := 1
@@ -350,11 +384,16 @@ func ExampleStaleFor() {
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)
 
-	// Here the example waits for the refresh to be stored; a service would
-	// just go on serving.
-	exampleEventually("the background refresh to be stored", func() bool {
-		return m.Stats().ByName["memo:tweets"].RefreshesSucceeded > 0
-	})
+	// Here the example waits, 10 seconds at most, for the refresh to be
+	// stored; a service would just go on serving.
+	timeout := time.After(10 * time.Second)
+	for m.Stats().ByName["memo:tweets"].RefreshesSucceeded == 0 {
+		select {
+		case <-timeout:
+			panic("the background refresh was not stored within 10 seconds")
+		case <-time.After(time.Millisecond):
+		}
+	}
 	v, _ = tweets.Get(ctx, "ana")
 	fmt.Println(v)
 	// Output:
@@ -364,7 +403,6 @@ func ExampleStaleFor() {
 }
 
 func ExampleObserverFunc() {
-
 	// Count events per kind and name, as a metrics library would.
 	var mu sync.Mutex
 	counts := map[string]uint64{}
@@ -373,8 +411,19 @@ func ExampleObserverFunc() {
 		defer mu.Unlock()
 		counts[e.Kind.String()+" "+e.Name] += e.N
 	})
-	m, done := newExampleManagerWith(&cache.Options{Observer: observer})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy", Observer: observer})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 	for range 3 {
 		_, _ = cache.GetOrLoad(ctx, m, "summary", func(ctx context.Context) (int, error) { return 1, nil })
@@ -387,9 +436,35 @@ func ExampleObserverFunc() {
 }
 
 func ExampleLocalOptions() {
-	m, done := newExampleManagerWith(&cache.Options{Local: &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second}})
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{
+		Prefix: "scoopjoy",
+		Local:  &cache.LocalOptions{MaxEntries: 10_000, TTL: 10 * time.Second},
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
+
+	// The local tier serves once its subscription to the fleet's
+	// invalidations is up; until then reads go to Redis. A service just
+	// goes on serving; the example waits for it, 10 seconds at most.
+	timeout := time.After(10 * time.Second)
+	for !m.Stats().Local.Subscribed {
+		select {
+		case <-timeout:
+			panic("the local tier did not subscribe within 10 seconds")
+		case <-time.After(time.Millisecond):
+		}
+	}
 
 	menu := cache.Memoize(m, "menu", func(ctx context.Context, outlet string) ([]string, error) {
 		return []string{"mango", "pista"}, nil

@@ -6,12 +6,26 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/stockpot-go/cache"
 )
 
 func ExampleManager_WarmAll() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 	ctx := context.Background()
 
 	// The dashboard's summary, under a plain key.
@@ -59,8 +73,19 @@ func ExampleManager_WarmAll() {
 }
 
 func ExampleManager_WarmEvery() {
-	m, done := newExampleManager()
-	defer done()
+	// An in-process Redis for the example; a service passes its own client.
+	mr, err := miniredis.Run()
+	if err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	m, err := cache.New(rdb, &cache.Options{Prefix: "scoopjoy"})
+	if err != nil {
+		panic(err)
+	}
+	defer m.Close()
 
 	_ = m.Warm("dashboard_summary", func(ctx context.Context) (int, error) {
 		return 1, m.Set(ctx, "dashboard_summary", Summary{Invoices: 1200, Revenue: 35210.5}, cache.TTL(25*time.Hour))
@@ -68,15 +93,20 @@ func ExampleManager_WarmEvery() {
 
 	// Warm at once, then daily; across the fleet, one Manager warms a day.
 	stop := m.WarmEvery(24 * time.Hour)
-	defer exampleWithin("the warm schedule to stop", stop)
+	defer stop()
 
-	// The start-up warm runs in the background: wait for its report.
-	var report cache.WarmReport
-	exampleEventually("the start-up warm's report", func() bool {
-		var ok bool
+	// The start-up warm runs in the background; a service goes on serving,
+	// and the example waits for its report, 10 seconds at most.
+	timeout := time.After(10 * time.Second)
+	report, ok := m.LastWarm()
+	for !ok {
+		select {
+		case <-timeout:
+			panic("the start-up warm did not report within 10 seconds")
+		case <-time.After(time.Millisecond):
+		}
 		report, ok = m.LastWarm()
-		return ok
-	})
+	}
 	for _, job := range report.Jobs {
 		fmt.Println(job.Name, job.Entries, job.Err)
 	}
