@@ -37,6 +37,16 @@ func getCallsOf(ctx context.Context, rdb *redis.Client) (int, error) {
 	return 0, nil
 }
 
+// readInFlight waits until m has a read in flight.
+func readInFlight(t *testing.T, m *Manager) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		m.reads.mu.Lock()
+		defer m.reads.mu.Unlock()
+		return m.reads.busy
+	}, testredis.Timeout, time.Millisecond, "the first read was not sent")
+}
+
 // TestReadsShareRoundTrips: goroutines reading one hot key while a read is
 // in flight share one GET per round trip, and each gets the value.
 func TestReadsShareRoundTrips(t *testing.T) {
@@ -128,11 +138,7 @@ func TestQueuedReadEndsWithItsContext(t *testing.T) {
 		_, err := Get[string](ctx, m, "k")
 		slow <- err
 	}()
-	require.Eventually(t, func() bool {
-		m.reads.mu.Lock()
-		defer m.reads.mu.Unlock()
-		return m.reads.busy
-	}, testredis.Timeout, time.Millisecond, "the first read was not sent")
+	readInFlight(t, m)
 	patient := make(chan error, 1)
 	go func() {
 		v, err := Get[string](ctx, m, "k")
