@@ -423,11 +423,11 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 	leases := make([]*redis.BoolCmd, len(idx))
 	gens := make([]*redis.StringCmd, len(idx))
 	vals := make([]valueAt, len(idx))
-	pos := make(map[int]int, len(idx)) // entry index -> position in idx
+	pos := make([]int, len(es)) // entry index -> position in idx
 	for j, i := range idx {
 		pos[i] = j
 	}
-	_, cut, err := m.sendPipe(ctx, m.rdb, "", func(p redis.Pipeliner) {
+	_, err := m.pipe(ctx, es[idx[0]].st, func(p redis.Pipeliner) {
 		for _, group := range m.scriptGroups(es, idx) {
 			genOf := make(map[string]*redis.StringCmd)
 			for _, i := range group {
@@ -480,8 +480,7 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 			}
 		}
 	})
-	m.count(ctx, es[idx[0]].st, err)
-	if cut || err != nil {
+	if err != nil {
 		return nil, err
 	}
 	out := make([]acquired, len(idx))
