@@ -175,6 +175,7 @@ type Manager struct {
 	events  events
 	refresh refresher
 	local   *localTier // nil without Options.Local
+	notes   *notifier  // nil where waiters poll leases (a ring)
 	warm    warmState
 }
 
@@ -294,6 +295,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		}
 	}
 	m.life, m.stop = context.WithCancel(context.Background())
+	m.notes = newNotifier(m)
 	m.workers = make(chan *exchange)
 	m.flights.m = make(map[flightKey]*flight)
 	m.stats.obs = o.Observer

@@ -359,19 +359,42 @@ func fleetCalls(t *testing.T, f *fleet, kind, key string, perManager int, loader
 	t.Helper()
 	calls := make([]func(context.Context) (string, error), len(f.ms))
 	warm := make([]func(context.Context) error, len(f.ms))
+	// The warm-up is a stampede of its own, on a key in the cold key's
+	// slot: each instance then holds its subscription to that slot's lease
+	// notices, as an instance of a running service does after its first
+	// wait there. That first wait costs it a connection and a SUBSCRIBE
+	// more, once.
+	warmKey := sameSlotKey("k:"+key, func(i int) string { return fmt.Sprintf("warm:%s:%d", key, i) }, "k:")
+	// Its loader returns once every other instance waits on its lease
+	// (or after 5s, when some never do).
+	warmLoad := func(ctx context.Context) (string, error) {
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			waits := uint64(0)
+			for _, m := range f.ms {
+				waits += m.Stats().Total.LeaseWaits
+			}
+			if waits >= uint64(len(f.ms)-1) {
+				break
+			}
+			if err := sleep(ctx, time.Millisecond); err != nil {
+				return "", err
+			}
+		}
+		return "warm", nil
+	}
 	for i, m := range f.ms {
-		warmKey := fmt.Sprintf("warm:%s:%d", key, i)
 		switch kind {
 		case "key":
 			calls[i] = func(ctx context.Context) (string, error) { return GetOrLoad(ctx, m, key, loader) }
 			warm[i] = func(ctx context.Context) error {
-				_, err := GetOrLoad(ctx, m, warmKey, func(context.Context) (string, error) { return "warm", nil })
+				_, err := GetOrLoad(ctx, m, warmKey, warmLoad)
 				return err
 			}
 		case "memo":
 			memo := Memoize(m, "fleet", func(ctx context.Context, arg string) (string, error) {
 				if arg != key {
-					return "warm", nil // the warm-up's call, not counted
+					return warmLoad(ctx) // the warm-up's call, not counted
 				}
 				return loader(ctx)
 			})
@@ -407,6 +430,17 @@ func fleetCalls(t *testing.T, f *fleet, kind, key string, perManager int, loader
 	return calls
 }
 
+// sameSlotKey returns the first of name(0), name(1), ... whose hash tag,
+// prefix+name(i), is in the cluster slot of the hash tag tag.
+func sameSlotKey(tag string, name func(i int) string, prefix string) string {
+	want := slotOf(tag)
+	for i := 0; ; i++ {
+		if k := name(i); slotOf(prefix+k) == want {
+			return k
+		}
+	}
+}
+
 // fleetSettled waits, for at most fleetSettle, until every Manager of f
 // runs no more background work than before the stampede (tasks, by
 // Manager), and returns how many still run more. It does not fail: work
@@ -440,31 +474,39 @@ func checkFleet(t *testing.T, r fleetResult) {
 	}
 }
 
-// TestFleetStampedeCommands: 64 instances of a service, each a Manager on a client
-// of its own, with 4 callers each, ask one cold key at once, of a loader
-// that takes 100ms, on a single node and on a cluster, with GetOrLoad and
-// with a Memo. The loader runs once across the fleet, every caller gets
-// its value, and the waiting costs Redis at most
-// maxFleetCommandsPerInstance commands per instance.
+// TestFleetStampedeCommands: 64 instances of a service, each a Manager on a
+// client of its own, ask one cold key at once, of a loader that takes
+// 100ms, on a single node and on a cluster, with GetOrLoad and with a Memo.
+// The loader runs once across the fleet, every caller gets its value, and
+// the waiting costs Redis at most maxFleetCommandsPerInstance commands per
+// instance with one caller each. With 4 callers each, arriving together,
+// an instance reads once more (the callers that came while its first read
+// was out read again: they may not take a read sent before they asked),
+// hence one command more.
 func TestFleetStampedeCommands(t *testing.T) {
 	const (
-		managers   = 64
-		perManager = 4
-		load       = 100 * time.Millisecond
+		managers = 64
+		load     = 100 * time.Millisecond
 	)
 	for _, backend := range []string{"redis", "cluster"} {
 		t.Run(backend, func(t *testing.T) {
 			b := fleetBackend(t, backend)
 			for _, kind := range []string{"key", "memo"} {
-				t.Run(kind, func(t *testing.T) {
-					r := fleetStampede(t, b, managers, perManager, load, kind)
-					t.Log(r)
-					checkFleet(t, r)
-					if r.perInstance > maxFleetCommandsPerInstance {
-						t.Errorf("%v: %.1f Redis commands per instance, want at most %d whatever the load's duration",
-							r, r.perInstance, maxFleetCommandsPerInstance)
-					}
-				})
+				for _, perManager := range []int{1, 4} {
+					t.Run(fmt.Sprintf("%s/%d", kind, perManager), func(t *testing.T) {
+						r := fleetStampede(t, b, managers, perManager, load, kind)
+						t.Log(r)
+						checkFleet(t, r)
+						limit := float64(maxFleetCommandsPerInstance)
+						if perManager > 1 {
+							limit++
+						}
+						if r.perInstance > limit {
+							t.Errorf("%v: %.1f Redis commands per instance, want at most %v whatever the load's duration",
+								r, r.perInstance, limit)
+						}
+					})
+				}
 			}
 		})
 	}

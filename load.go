@@ -71,6 +71,19 @@ type flight struct {
 type flightGroup struct {
 	mu sync.Mutex // protects m
 	m  map[flightKey]*flight
+	n  atomic.Int64 // len(m), read without mu
+}
+
+// inFlight reports whether a load of the lease key (not a forced one) is
+// in progress.
+func (g *flightGroup) inFlight(lease string) bool {
+	if g.n.Load() == 0 {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.m[flightKey{lease, false}]
+	return ok
 }
 
 // flightKey names a flight: the lease of its entry, and whether the load is
@@ -91,6 +104,7 @@ func (g *flightGroup) join(key flightKey) (*flight, bool) {
 	}
 	f := &flight{done: make(chan struct{})}
 	g.m[key] = f
+	g.n.Store(int64(len(g.m)))
 	return f, true
 }
 
@@ -99,6 +113,7 @@ func (g *flightGroup) finish(key flightKey, f *flight, val any, at time.Time, er
 	g.mu.Lock()
 	if g.m[key] == f {
 		delete(g.m, key)
+		g.n.Store(int64(len(g.m)))
 	}
 	g.mu.Unlock()
 	f.val, f.err, f.at = val, err, at
@@ -117,6 +132,7 @@ func (g *flightGroup) detach(keys []string) {
 		delete(g.m, flightKey{k, false})
 		delete(g.m, flightKey{k, true})
 	}
+	g.n.Store(int64(len(g.m)))
 }
 
 // detachAll detaches every flight in progress.
@@ -124,6 +140,7 @@ func (g *flightGroup) detachAll() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.m = make(map[flightKey]*flight)
+	g.n.Store(0)
 }
 
 // detachPrefix detaches the flights whose lease key starts with prefix.
@@ -135,12 +152,17 @@ func (g *flightGroup) detachPrefix(prefix string) {
 			delete(g.m, k)
 		}
 	}
+	g.n.Store(int64(len(g.m)))
 }
 
 // maxLeasePoll is the longest wait between two polls of a flight waiting
 // for another process's load: short, since only one flight per process and
 // key polls, and every millisecond of it is added to the waiters' latency.
 const maxLeasePoll = 16 * time.Millisecond
+
+// leasePoll is how often a waiter looks at a lease it was not told of: a
+// notice may be lost, and a holder that died tells nobody.
+func leasePoll(leaseTTL time.Duration) time.Duration { return leaseTTL / 2 }
 
 // batchLoader loads the entries at idx of a load's entries, and returns
 // their values by index; an index it leaves out has no value.
@@ -294,7 +316,7 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 	paused := false
 	for todo := idx; len(todo) > 0; {
 		asked := time.Now()
-		acq, err := m.acquireMany(ctx, es, todo, hd)
+		acq, err := m.acquireMany(ctx, es, todo, hd, false)
 		if err != nil {
 			degrade(ctx, m, es, todo, hd, l, err, finish)
 			return
@@ -304,25 +326,9 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 			a := acq[j]
 			hd.wants[i].gen = a.gen
 			if a.value != nil && !force {
-				// A value is there: take it if it is usable. It is as
-				// recent as the first of the reads that vouch for it: its
-				// tags' generations, if it has tags, else itself.
-				vouched := asked
-				if len(es[i].tags) > 0 {
-					vouched = read
-				}
-				var v T
-				_, state, _ := m.lookup(es[i].st, es[i].ref, a.value, &hd.wants[i], &v)
-				done := true
-				switch state {
-				case stateHit:
-					finish(i, v, vouched, nil)
-				case stateNegative:
-					finish(i, nil, vouched, ErrNotFound)
-				default:
-					done = false // stale, old, corrupt or of moved tags: load it
-				}
-				if done {
+				// A value is there: take it if it is usable (else it is
+				// stale, old, corrupt or of moved tags: load it).
+				if takeFound[T](m, es, i, a.value, hd, vouchedAt(&es[i], asked, read), finish) {
 					if a.taken {
 						unneeded = append(unneeded, i)
 					}
@@ -351,17 +357,158 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 		if len(load) > 0 {
 			loadAndStore(ctx, m, es, load, hd, l, finish)
 		}
-		if len(busy) > 0 {
-			if err := sleep(ctx, backoff); err != nil {
-				for _, i := range busy {
-					finish(i, nil, time.Time{}, err)
+		if len(busy) == 0 {
+			return
+		}
+		todo, err = awaitLoads[T](ctx, m, es, busy, hd, read, &backoff, finish)
+		if err != nil {
+			if ctx.Err() != nil {
+				for _, i := range todo {
+					finish(i, nil, time.Time{}, ctx.Err())
 				}
 				return
 			}
-			backoff = min(backoff*2, maxLeasePoll)
+			degrade(ctx, m, es, todo, hd, l, err, finish)
+			return
 		}
-		todo = busy
 	}
+}
+
+// vouchedAt returns how recent a value of e read at asked is: as recent as
+// the first of the reads that vouch for it, its tags' generations (read at
+// read) if it has tags, else itself.
+func vouchedAt(e *entry, asked, read time.Time) time.Time {
+	if len(e.tags) > 0 {
+		return read
+	}
+	return asked
+}
+
+// takeFound finishes the entry i of es with the stored value b, read with
+// the generations hd wants, and reports whether it did: false when b is
+// not a usable value (stale, old, corrupt, or of tags that moved).
+func takeFound[T any](m *Manager, es []entry, i int, b []byte, hd *held, vouched time.Time, finish finishFunc) bool {
+	var v T
+	_, state, _ := m.lookup(es[i].st, es[i].ref, b, &hd.wants[i], &v)
+	switch state {
+	case stateHit:
+		finish(i, v, vouched, nil)
+	case stateNegative:
+		finish(i, nil, vouched, ErrNotFound)
+	default:
+		return false
+	}
+	return true
+}
+
+// awaitLoads waits for the loads of the entries busy of es, whose leases
+// other processes hold, to end (see notify.go), and finishes each whose
+// value is then there. It returns the entries to acquire again (their
+// lease ended without a usable value), or, with an error, those still
+// unfinished. Where notices cannot be had it polls once, after *backoff.
+func awaitLoads[T any](ctx context.Context, m *Manager, es []entry, busy []int, hd *held, read time.Time, backoff *time.Duration, finish finishFunc) ([]int, error) {
+	w, err := m.notes.watch(ctx, leasesOf(es, busy))
+	if err != nil {
+		if errors.Is(err, errNoNotices) {
+			err = sleep(ctx, *backoff)
+			*backoff = min(*backoff*2, maxLeasePoll)
+		}
+		return busy, err
+	}
+	defer m.notes.unwatch(w)
+	waiting := busy
+	poll := time.NewTimer(0) // the first mark, at once
+	defer poll.Stop()
+	for {
+		var look, still []int // the entries to read now, and the others
+		select {
+		case <-poll.C:
+			// Mark the leases as awaited, which also says which are still
+			// held. A mark lasts as long as its lease had left, at least
+			// two thirds of LeaseTTL while its holder renews it (every
+			// third): it is made again every half, which also finds a
+			// lease whose holder died, to take it over.
+			alive, err := m.markAwaited(ctx, es, waiting)
+			if err != nil {
+				return waiting, err
+			}
+			for j, i := range waiting {
+				if alive[j] {
+					still = append(still, i)
+				} else {
+					look = append(look, i)
+				}
+			}
+			poll.Reset(leasePoll(m.opts.LeaseTTL))
+		case <-w.c:
+			told := w.take(leasesOf(es, waiting))
+			for j, i := range waiting {
+				if told[j] {
+					look = append(look, i)
+				} else {
+					still = append(still, i)
+				}
+			}
+		case <-ctx.Done():
+			return waiting, ctx.Err()
+		}
+		waiting = still
+		if len(look) == 0 {
+			continue
+		}
+		if hd.force {
+			// A forced load takes no value it did not load: it loads
+			// once the lease is free.
+			return append(look, waiting...), nil
+		}
+		asked := time.Now()
+		acq, err := m.acquireMany(ctx, es, look, hd, true)
+		if err != nil {
+			return append(look, waiting...), err
+		}
+		var again []int
+		for j, i := range look {
+			a := acq[j]
+			hd.wants[i].gen = a.gen
+			if a.value == nil || !takeFound[T](m, es, i, a.value, hd, vouchedAt(&es[i], asked, read), finish) {
+				again = append(again, i)
+			}
+		}
+		if len(again) > 0 || len(waiting) == 0 {
+			return append(again, waiting...), nil
+		}
+	}
+}
+
+// leasesOf returns the lease keys of the entries idx of es.
+func leasesOf(es []entry, idx []int) []string {
+	out := make([]string, len(idx))
+	for j, i := range idx {
+		out[j] = es[i].ref.lease
+	}
+	return out
+}
+
+// markAwaited marks the leases of the entries idx of es as awaited (COPY
+// of each lease to its mark, which the holder's store or release sees), in
+// one round trip per node, and reports which leases were still held.
+func (m *Manager) markAwaited(ctx context.Context, es []entry, idx []int) ([]bool, error) {
+	cmds := make([]*redis.IntCmd, len(idx))
+	_, err := m.pipe(ctx, es[idx[0]].st, func(p redis.Pipeliner) {
+		for j, i := range idx {
+			lease := es[i].ref.lease
+			cmds[j] = redis.NewIntCmd(ctx, "copy", lease, lease+awaitedSuffix, "replace")
+			_ = p.Process(ctx, cmds[j])
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	held := make([]bool, len(idx))
+	for j, c := range cmds {
+		held[j] = c.Val() == 1
+	}
+	return held, nil
 }
 
 // readGensForLoad reads (or makes) the generations of the tags of the
@@ -414,14 +561,15 @@ type acquired struct {
 // stored before the lease was taken is seen. An entry whose lease was taken
 // while a value is there holds a lease it may not need: the caller takes
 // the value or loads it, and releases the leases it does not load. It
-// returns what it found, in the order of idx.
-func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held) ([]acquired, error) {
+// returns what it found, in the order of idx. With peek, it only reads:
+// it takes no lease and makes no generation.
+func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held, peek bool) ([]acquired, error) {
 	type valueAt struct {
-		cmd *redis.SliceCmd
+		cmd redis.Cmder // a SliceCmd (MGET, HMGET) or a StringCmd (GET)
 		at  int
 	}
 	leases := make([]*redis.BoolCmd, len(idx))
-	gens := make([]*redis.StringCmd, len(idx))
+	gens := make([]valueAt, len(idx))
 	vals := make([]valueAt, len(idx))
 	pos := make([]int, len(es)) // entry index -> position in idx
 	for j, i := range idx {
@@ -429,26 +577,13 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 	}
 	_, err := m.pipe(ctx, es[idx[0]].st, func(p redis.Pipeliner) {
 		for _, group := range m.scriptGroups(es, idx) {
-			genOf := make(map[string]*redis.StringCmd)
-			for _, i := range group {
-				ref, j := &es[i].ref, pos[i]
-				if ref.gen != "" {
-					g, ok := genOf[ref.gen]
-					if !ok {
-						p.SetNX(ctx, ref.gen, newGen(), 0)
-						g = p.Get(ctx, ref.gen)
-						genOf[ref.gen] = g
-					}
-					gens[j] = g
-				}
-				leases[j] = p.SetNX(ctx, ref.lease, hd.tokens[i], m.opts.LeaseTTL)
-			}
-			// The values: one MGET of the group's string entries, one
-			// HMGET per hash.
+			// The generations are read in the MGET of the group's string
+			// entries when it has some, else with a GET each.
 			var keys []string
 			var strs []int
 			fields := make(map[string][]int) // hash key -> positions
 			var hashes []string
+			genAt := make(map[string]int) // generation key -> its place in keys
 			for _, i := range group {
 				ref := &es[i].ref
 				if ref.field == "" {
@@ -461,10 +596,40 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 				}
 				fields[ref.key] = append(fields[ref.key], pos[i])
 			}
+			var genCmds map[string]*redis.StringCmd
+			for _, i := range group {
+				if g := es[i].ref.gen; g != "" {
+					genAt[g] = -1
+				}
+			}
+			if !peek {
+				for _, i := range group {
+					leases[pos[i]] = p.SetNX(ctx, es[i].ref.lease, hd.tokens[i], m.opts.LeaseTTL)
+				}
+			}
 			if len(keys) > 0 {
+				for g := range genAt {
+					genAt[g] = len(keys)
+					keys = append(keys, g)
+				}
 				cmd := p.MGet(ctx, keys...)
 				for k, j := range strs {
 					vals[j] = valueAt{cmd, k}
+				}
+				for _, i := range group {
+					if g := es[i].ref.gen; g != "" {
+						gens[pos[i]] = valueAt{cmd, genAt[g]}
+					}
+				}
+			} else {
+				genCmds = make(map[string]*redis.StringCmd, len(genAt))
+				for g := range genAt {
+					genCmds[g] = p.Get(ctx, g)
+				}
+				for _, i := range group {
+					if g := es[i].ref.gen; g != "" {
+						gens[pos[i]] = valueAt{genCmds[g], 0}
+					}
 				}
 			}
 			for _, h := range hashes {
@@ -484,28 +649,87 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 		return nil, err
 	}
 	out := make([]acquired, len(idx))
-	for j := range idx {
+	var made []int // positions of taken leases whose container has no generation
+	for j, i := range idx {
 		a := &out[j]
-		a.taken = leases[j].Val()
-		if gens[j] != nil {
-			a.gen = gens[j].Val()
+		if !peek {
+			a.taken = leases[j].Val()
+		}
+		if g := gens[j]; g.cmd != nil {
+			var ok bool
+			if a.gen, ok = replyAt(g.cmd, g.at); !ok {
+				return nil, errors.New("cache: unexpected reply to a read of the entries")
+			}
 			if a.gen == "" {
-				// An invalidation deleted the generation between its SET NX
-				// and its GET: no value stored before can be vouched for
-				// (and this load's store will be refused).
+				// No generation (never made, or an invalidation deleted
+				// it): no value stored before can be vouched for. A load
+				// makes one before it starts, to store under.
+				if a.taken && es[i].ref.gen != "" {
+					made = append(made, j)
+				}
 				continue
 			}
 		}
-		v := vals[j]
-		res := v.cmd.Val()
-		if len(res) <= v.at {
+		v, ok := replyAt(vals[j].cmd, vals[j].at)
+		if !ok {
 			return nil, errors.New("cache: unexpected reply to a read of the entries")
 		}
-		if s, ok := res[v.at].(string); ok {
-			a.value = bytesOf(s)
+		if v != "" {
+			a.value = bytesOf(v)
+		}
+	}
+	if len(made) > 0 {
+		if err := m.makeGens(ctx, es, idx, made, out); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// makeGens makes (SET NX) and reads the generations of the containers of
+// the entries at positions made of idx, into out: after their leases were
+// taken, so that the values loaded next are stored under a generation
+// that no invalidation deleted before they were loaded. It is a round
+// trip of its own, made only where a container has no generation (the
+// first load of a memo or hash, or one after it was invalidated whole), so
+// that the common load does not write the generation at all.
+func (m *Manager) makeGens(ctx context.Context, es []entry, idx, made []int, out []acquired) error {
+	cmds := make(map[string]*redis.StringCmd)
+	_, err := m.pipe(ctx, es[idx[made[0]]].st, func(p redis.Pipeliner) {
+		for _, j := range made {
+			g := es[idx[j]].ref.gen
+			if cmds[g] == nil {
+				p.SetNX(ctx, g, newGen(), 0)
+				cmds[g] = p.Get(ctx, g)
+			}
+		}
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	for _, j := range made {
+		// "" when an invalidation deleted it again at once: the store is
+		// then refused.
+		out[j].gen = cmds[es[idx[j]].ref.gen].Val()
+	}
+	return nil
+}
+
+// replyAt returns the at-th string of cmd's reply (an MGET's or HMGET's;
+// a GET's when at is 0), "" for a nil, and false for a malformed reply.
+func replyAt(cmd redis.Cmder, at int) (string, bool) {
+	switch c := cmd.(type) {
+	case *redis.StringCmd:
+		return c.Val(), true
+	case *redis.SliceCmd:
+		res := c.Val()
+		if len(res) <= at {
+			return "", false
+		}
+		s, _ := res[at].(string)
+		return s, true
+	}
+	return "", false
 }
 
 // releaseMany gives up the leases of the entries idx of es, held with hd's
@@ -530,6 +754,7 @@ func (m *Manager) releaseManyNow(es []entry, idx []int, hd *held) {
 			calls[g].keys = append(calls[g].keys, es[i].ref.lease)
 			calls[g].args = append(calls[g].args, hd.tokens[i])
 		}
+		calls[g].args = append(calls[g].args, m.notes.channelOf(es[group[0]].ref.lease), m.notes.publisher())
 	}
 	if _, err := m.evalMany(ctx, es[idx[0]].st, scripts.ReleaseMany, calls); err != nil {
 		m.log.Warn("cache: releasing leases failed; they expire on their own", "leases", len(idx), "err", err)
@@ -674,8 +899,8 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 	calls := make([]scriptCall, len(groups))
 	for g, group := range groups {
 		keys := make([]string, 0, 3*len(group))
-		args := make([]any, 1, 1+6*len(group))
-		args[0] = force
+		args := make([]any, 3, 3+6*len(group))
+		args[0], args[1], args[2] = force, m.notes.channelOf(es[group[0]].ref.lease), m.notes.publisher()
 		for _, i := range group {
 			e, w := &es[i], writes[at[i]]
 			keys = append(keys, e.ref.key, e.ref.lease)

@@ -143,7 +143,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, l.keys[:1], l.token).Int64()
+	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, l.keys[:1], l.token, l.m.notes.channelOf(l.keys[0]), l.m.notes.publisher()).Int64()
 	switch {
 	case err != nil:
 		return wrap(err, "lock %q", l.name)
@@ -442,13 +442,15 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 	l := &Lock{m: m, name: name, keys: []string{key, fenceKey(key)}, token: rand.Text()}
 	ms := ttl.Milliseconds()
 	var timer *time.Timer
+	var w *leaseWatch // told when the lock is released, once it waited
+	mark := "0"       // "1": the attempt marks a held lock as awaited
 	began := time.Now()
 	for n := 1; ; n++ {
 		if err := ctx.Err(); err != nil {
 			return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, err)
 		}
 		sent := time.Now()
-		fence, err := m.eval(ctx, m.locks, scripts.LockObtain, l.keys, l.token, ms).Int64()
+		fence, err := m.eval(ctx, m.locks, scripts.LockObtain, l.keys, l.token, ms, mark).Int64()
 		if err != nil {
 			var reply redis.Error
 			if !errors.As(err, &reply) {
@@ -479,8 +481,27 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		} else {
 			timer.Reset(wait)
 		}
+		if w == nil {
+			// Be told when the lock is released (see notify.go): mark it
+			// as awaited, which the holder's Release sees. The attempts
+			// that follow mark it again, for a new holder.
+			var err error
+			if w, err = m.notes.watch(ctx, []string{key}); err == nil {
+				defer m.notes.unwatch(w)
+				marked := redis.NewIntCmd(ctx, "copy", key, key+awaitedSuffix, "replace")
+				if err := m.do(ctx, m.locks, marked); err != nil || marked.Val() == 0 {
+					continue // released meanwhile (or Redis failed): try again now
+				}
+				mark = "1"
+			}
+		}
+		var told <-chan struct{}
+		if w != nil {
+			told = w.c
+		}
 		select {
 		case <-timer.C:
+		case <-told:
 		case <-ctx.Done():
 			return nil, time.Time{}, fmt.Errorf("%w: %w", ErrNotObtained, ctx.Err())
 		}
@@ -496,7 +517,7 @@ func (m *Manager) abandon(l *Lock) {
 	m.goBackground(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lockReleaseTimeout)
 		defer cancel()
-		_ = m.eval(ctx, m.locks, scripts.Release, l.keys[:1], l.token).Err()
+		_ = m.eval(ctx, m.locks, scripts.Release, l.keys[:1], l.token, m.notes.channelOf(l.keys[0]), m.notes.publisher()).Err()
 	})
 }
 

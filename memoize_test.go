@@ -278,7 +278,10 @@ func TestLeaseHolderDied(t *testing.T) {
 		e := newEnv(t, b)
 		// A lease long enough that a real server's clock does not end it
 		// before the test moves it on.
-		m := e.manager(&Options{LeaseTTL: time.Minute})
+		// The waiter looks at the lease every second (LeaseTTL/2); the dead
+		// lease lasts a minute, so that a real server's clock does not end
+		// it before the test moves it on.
+		m := e.manager(&Options{LeaseTTL: 2 * time.Second})
 		ctx := t.Context()
 		// A holder that died without releasing: its lease is there, nobody renews it.
 		require.NoError(t, m.Client().Set(ctx, m.keyRef("k").withLease().lease, "dead-holder", time.Minute).Err())

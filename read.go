@@ -62,6 +62,19 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 		r0 = m.local.begin(&e.local)
 	}
 	ctx = m.withBudget(ctx)
+	if !e.s.noFetchOnMiss && m.flights.n.Load() > 0 {
+		// A load of the entry is in progress in this process: its result
+		// comes from a Redis call not made yet, or this caller takes a new
+		// flight (see loadMany), so the caller joins it without a read
+		// of its own.
+		if e.ref = e.ref.withLease(); m.flights.inFlight(e.ref.lease) {
+			v, err := loadEntry(ctx, m, *e, false, l)
+			if err == nil && m.local != nil {
+				m.localPut(&e.local, localKeep(&e.local, l.arg, v), freshUntil(m.now(), e.s.shortest()), r0)
+			}
+			return v, err
+		}
+	}
 	var v T
 	h, state, _ := m.readEntry(ctx, e.st, e.ref, e.tags, &v) // a value that does not decode is a miss: load
 	switch e.s.decide(m, e.st, h, state) {

@@ -251,7 +251,7 @@ func refreshOnce[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A
 		e.st.add(EventRefreshFailed, 1)
 		return
 	}
-	acq, err := m.acquireMany(ctx, es, idx, hd)
+	acq, err := m.acquireMany(ctx, es, idx, hd, false)
 	if err != nil {
 		e.st.add(EventRefreshFailed, 1)
 		return

@@ -3,6 +3,9 @@
 -- KEYS[2] the lock's fence counter (same hash slot; it never expires)
 -- ARGV[1] the token
 -- ARGV[2] the lease time, milliseconds
+-- ARGV[3] '1' when the caller waits to be told of a Release: a lock held by
+--         another token is then marked as awaited (KEYS[1]:w, a copy of
+--         it, which release.lua sees)
 -- Returns the fence (at least 1) when the lock is taken, 0 when another
 -- token holds it. A lock already held with this token (an earlier attempt
 -- whose reply was lost) has its lease renewed and returns its fence again.
@@ -25,5 +28,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return tonumber(fence)
   end
+end
+if ARGV[3] == '1' then
+  redis.call('COPY', KEYS[1], KEYS[1] .. ':w', 'REPLACE')
 end
 return 0

@@ -1,11 +1,52 @@
 -- release_many: release.lua for several leases at once: delete each lease
--- that still holds its token.
--- KEYS the leases; ARGV the tokens, in the same order.
+-- that still holds its token, and publish the leases that a waiting process
+-- marked (LEASE:w holds a copy of the token; see store_many.lua).
+-- KEYS the leases; ARGV the tokens, in the same order, then the channel of
+-- the leases' notices ('' for none) and the command that publishes on it.
 -- Returns how many were deleted.
-local n = 0
-for i, lease in ipairs(KEYS) do
-  if redis.call('GET', lease) == ARGV[i] then
-    n = n + redis.call('DEL', lease)
+local chunk = 1000
+
+-- each calls redis.call(cmd, ...) with the keys t[1..#t], chunk by chunk,
+-- and returns the replies of MGET joined.
+local function each(cmd, t)
+  local out = {}
+  for from = 1, #t, chunk do
+    local r = redis.call(cmd, unpack(t, from, math.min(from + chunk - 1, #t)))
+    if type(r) == 'table' then
+      for _, v in ipairs(r) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
+local n = #KEYS
+local channel, publish = ARGV[n + 1] or '', ARGV[n + 2]
+local read = {}
+for i = 1, n do
+  read[i] = KEYS[i]
+  read[n + i] = KEYS[i] .. ':w'
+end
+local held = each('MGET', read)
+local del, told = {}, {}
+for i = 1, n do
+  if held[i] == ARGV[i] then
+    del[#del + 1] = KEYS[i]
+  end
+  if held[n + i] == ARGV[i] and channel ~= '' then
+    del[#del + 1] = read[n + i]
+    told[#told + 1] = #KEYS[i] .. ':' .. KEYS[i]
   end
 end
-return n
+local deleted = 0
+each('DEL', del)
+for i = 1, n do
+  if held[i] == ARGV[i] then
+    deleted = deleted + 1
+  end
+end
+if #told > 0 then
+  redis.call(publish, channel, table.concat(told))
+end
+return deleted

@@ -7,15 +7,21 @@
 -- ARGV[1] '1' for a forced load (a refresh): an entry whose store is
 --         refused is deleted (DEL, or HDEL of its field), so that the value
 --         the refresh meant to replace is not left behind
+-- ARGV[2] the channel of the leases' notices ('' for none), ARGV[3] the
+--         command that publishes on it (PUBLISH, or SPUBLISH on a cluster)
 -- then, for each entry, six arguments: the hash field ('' for a string
 -- entry), the lease token, the generation the load started under, the
 -- value, the time to live in milliseconds (0 for none), and '1' when the
 -- entry has a generation key.
 -- Returns, for each entry, 1 when written, 0 when its lease was void.
 --
--- The leases are read with one MGET and the stored entries' leases
--- deleted with one DEL, in chunks: a call per entry costs more than the
--- work it does.
+-- A lease that a waiting process marked (LEASE:w holds a copy of this
+-- load's token) is published on the channel when its store is done or
+-- refused, and its mark deleted: the waiter then reads the entry.
+--
+-- The leases and marks are read with one MGET and the stored entries'
+-- leases deleted with one DEL, in chunks: a call per entry costs more than
+-- the work it does.
 local chunk = 1000
 
 -- each calls redis.call(cmd, ...) with the keys t[from..to], chunk by chunk,
@@ -34,9 +40,11 @@ local function each(cmd, t)
 end
 
 local forced = ARGV[1] == '1'
+local channel, publish = ARGV[2], ARGV[3]
+local first = 4 -- the first entry's first argument
 local leases, keyAt, genAt = {}, {}, {}
 local k = 1
-for a = 2, #ARGV, 6 do
+for a = first, #ARGV, 6 do
   leases[#leases + 1] = KEYS[k + 1]
   keyAt[#keyAt + 1] = k
   if ARGV[a + 5] == '1' then
@@ -46,14 +54,25 @@ for a = 2, #ARGV, 6 do
     k = k + 2
   end
 end
-local holders = each('MGET', leases)
+local n = #leases
+local read = {}
+for j = 1, n do
+  read[j] = leases[j]
+  read[n + j] = leases[j] .. ':w'
+end
+local holders = each('MGET', read) -- the leases, then their marks
 
 local out, done = {}, {}
+local told = {} -- the marked leases, as a notice
 local gens = {} -- generations read, by key: a memo's entries share one
-for j = 1, #leases do
-  local a = 2 + (j - 1) * 6
+for j = 1, n do
+  local a = first + (j - 1) * 6
   local field, key = ARGV[a], KEYS[keyAt[j]]
   local ok = holders[j] == ARGV[a + 1]
+  if holders[n + j] == ARGV[a + 1] and channel ~= '' then
+    told[#told + 1] = #leases[j] .. ':' .. leases[j]
+    done[#done + 1] = read[n + j]
+  end
   if ok then
     done[#done + 1] = leases[j]
     local gk = genAt[j]
@@ -96,4 +115,7 @@ for j = 1, #leases do
   end
 end
 each('DEL', done)
+if #told > 0 then
+  redis.call(publish, channel, table.concat(told))
+end
 return out
