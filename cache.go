@@ -64,7 +64,9 @@ type Options struct {
 
 	// LeaseTTL is how long a load's lease lasts. The loading caller renews it
 	// every LeaseTTL/3 while its loader runs; if that caller dies, others
-	// take over the load after at most LeaseTTL.
+	// take over the load within 1.5 × LeaseTTL (processes waiting for a
+	// load are told when it ends, and look at its lease every LeaseTTL/2
+	// in case that notice is lost).
 	//
 	// default: 5s
 	LeaseTTL time.Duration

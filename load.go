@@ -35,9 +35,9 @@ import (
 // loader once with the entries whose lease it took, renewing the leases
 // while it runs, and stores each value with a script that writes only while
 // the lease is still its own. Entries whose lease another process holds are
-// polled for with a growing delay, and their lease taken over when it
-// expires because its holder died (then the loader is called again, for
-// those entries).
+// awaited: the holder's store or release tells the waiters (see
+// notify.go), and their lease is taken over when it expires because its
+// holder died (then the loader is called again, for those entries).
 //
 // An invalidation deletes the lease (or the container's generation), so the
 // holder's store is refused and no value loaded before the invalidation is
@@ -156,8 +156,9 @@ func (g *flightGroup) detachPrefix(prefix string) {
 }
 
 // maxLeasePoll is the longest wait between two polls of a flight waiting
-// for another process's load: short, since only one flight per process and
-// key polls, and every millisecond of it is added to the waiters' latency.
+// for another process's load where it cannot be told (a ring, or no
+// subscription): short, since only one flight per process and key polls,
+// and every millisecond of it is added to the waiters' latency.
 const maxLeasePoll = 16 * time.Millisecond
 
 // leasePoll is how often a waiter looks at a lease it was not told of: a
@@ -439,7 +440,12 @@ func awaitLoads[T any](ctx context.Context, m *Manager, es []entry, busy []int, 
 					look = append(look, i)
 				}
 			}
-			poll.Reset(leasePoll(m.opts.LeaseTTL))
+			if w.partial {
+				poll.Reset(*backoff)
+				*backoff = min(*backoff*2, maxLeasePoll)
+			} else {
+				poll.Reset(leasePoll(m.opts.LeaseTTL))
+			}
 		case <-w.c:
 			told := w.take(leasesOf(es, waiting))
 			for j, i := range waiting {

@@ -75,9 +75,10 @@ type noteSub struct {
 
 // leaseWatch is one waiter's watch of some leases.
 type leaseWatch struct {
-	leases []string
-	subs   []*noteSub
-	c      chan struct{} // has a value when told is worth a look
+	leases  []string
+	subs    []*noteSub
+	partial bool          // some leases have no subscription: poll them
+	c       chan struct{} // has a value when told is worth a look
 
 	mu   sync.Mutex
 	told map[string]bool // leases told of since the last take
@@ -135,8 +136,10 @@ var slotTags = sync.OnceValue(func() []string {
 
 // watch subscribes to the channels of leases (waiting until each
 // subscription is confirmed) and returns a watch told of their notices,
-// to be ended with unwatch. It returns errNoNotices when a subscription
-// cannot be had now, and ctx's error when ctx ends first.
+// to be ended with unwatch. A watch some of whose leases have no
+// subscription (too many slots, or one not confirmed in time) is partial:
+// its waiter polls. It returns errNoNotices when no subscription can be
+// had now, and ctx's error when ctx ends first.
 func (n *notifier) watch(ctx context.Context, leases []string) (*leaseWatch, error) {
 	if n == nil {
 		return nil, errNoNotices
@@ -149,9 +152,8 @@ func (n *notifier) watch(ctx context.Context, leases []string) (*leaseWatch, err
 		if s == nil {
 			var err error
 			if s, err = n.subscribe(ch); err != nil {
-				n.mu.Unlock()
-				n.unwatch(w)
-				return nil, err
+				w.partial = true // this lease is polled
+				continue
 			}
 		}
 		if !containsSub(w.subs, s) {
@@ -166,20 +168,31 @@ func (n *notifier) watch(ctx context.Context, leases []string) (*leaseWatch, err
 		ws[w] = true
 	}
 	n.mu.Unlock()
+	if len(w.subs) == 0 {
+		n.unwatch(w)
+		return nil, errNoNotices
+	}
 	t := time.NewTimer(noteReadyWait)
 	defer t.Stop()
+	expired := false
 	for _, s := range w.subs {
+		if expired {
+			select {
+			case <-s.ready:
+			default:
+				w.partial = true
+			}
+			continue
+		}
 		select {
 		case <-s.ready:
 		case <-s.gone:
-			n.unwatch(w)
-			return nil, errNoNotices
+			w.partial = true
 		case <-ctx.Done():
 			n.unwatch(w)
 			return nil, ctx.Err()
 		case <-t.C:
-			n.unwatch(w)
-			return nil, errNoNotices
+			expired, w.partial = true, true
 		}
 	}
 	return w, nil
