@@ -482,7 +482,9 @@ func checkFleet(t *testing.T, r fleetResult) {
 // instance with one caller each. With 4 callers each, arriving together,
 // an instance reads once more (the callers that came while its first read
 // was out read again: they may not take a read sent before they asked),
-// hence one command more.
+// and once more again when the callers' goroutines are scheduled late
+// (6.5-6.8 per instance on a quiet machine, up to 7.7 beside two CPU
+// hogs): at most two commands more. Polling cost 18-35.
 func TestFleetStampedeCommands(t *testing.T) {
 	const (
 		managers = 64
@@ -499,7 +501,7 @@ func TestFleetStampedeCommands(t *testing.T) {
 						checkFleet(t, r)
 						limit := float64(maxFleetCommandsPerInstance)
 						if perManager > 1 {
-							limit++
+							limit += 2
 						}
 						if r.perInstance > limit {
 							t.Errorf("%v: %.1f Redis commands per instance, want at most %v whatever the load's duration",
