@@ -484,15 +484,17 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		if w == nil {
 			// Be told when the lock is released (see notify.go): mark it
 			// as awaited, which the holder's Release sees. The attempts
-			// that follow mark it again, for a new holder.
+			// that follow mark it again, for a new holder, also when this
+			// mark found the lock released: the next attempt may find it
+			// taken by another.
 			var err error
 			if w, err = m.notes.watch(ctx, []string{key}); err == nil {
 				defer m.notes.unwatch(w)
+				mark = "1"
 				marked := redis.NewIntCmd(ctx, "copy", key, key+awaitedSuffix, "replace")
 				if err := m.do(ctx, m.locks, marked); err != nil || marked.Val() == 0 {
 					continue // released meanwhile (or Redis failed): try again now
 				}
-				mark = "1"
 			}
 		}
 		var told <-chan struct{}
