@@ -447,13 +447,8 @@ func TestNotifyVoidedHolder(t *testing.T) {
 
 // TestNotifyVoidedHolderNewLoadTold: the key is invalidated while A loads
 // it, and another process, C, loads and stores it anew while A still runs.
-// B, which waited for A's lease, is told of C's store, not only of A's end
-// or at its poll (LeaseTTL/2 later).
-//
-// It fails today: B's mark holds A's token, and store_many.lua publishes a
-// lease only when its mark holds the storing load's own token, so C's
-// store tells nobody, and Invalidate, which deletes the lease, does not
-// publish either. B takes C's value at its next poll, 5s later.
+// B, which waited for A's lease (its mark holds A's token), is told of C's
+// store, not only of A's end or at its poll (LeaseTTL/2 later).
 func TestNotifyVoidedHolderNewLoadTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
@@ -482,12 +477,11 @@ func TestNotifyVoidedHolderNewLoadTold(t *testing.T) {
 }
 
 // TestNotifyVoidedHolderLeaseFreeTold: the key is invalidated while A
-// loads it, which frees its lease. B, which waited for A's lease, takes
-// the load over at once (a load of the source as it is after the
-// invalidation), not when A's slow load ends or at its poll.
-//
-// It fails today: Invalidate deletes the lease without publishing it, so
-// B learns that it is free at its next poll, 5s later.
+// loads it, which frees its lease; nobody else loads it. An invalidation
+// publishes nothing (it is a plain DEL), so B, which waited for A's lease,
+// learns it is free when A's load ends (its refused store publishes the
+// mark), not at its poll, and then loads the source as it is after the
+// invalidation.
 func TestNotifyVoidedHolderLeaseFreeTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
 		e := newEnv(t, b)
@@ -496,19 +490,22 @@ func TestNotifyVoidedHolderLeaseFreeTold(t *testing.T) {
 		bm := managerOn(t, e, e.b.Client(t), opts)
 		other := managerOn(t, e, e.b.Client(t), opts)
 		ctx := t.Context()
-		g := newGate() // opened at the end only: A is slow
+		g := newGate()
 		defer g.open()
-		goLoad(ctx, a, "k", gated(g, "from A"))
+		aGot := goLoad(ctx, a, "k", gated(g, "from A"))
 		g.reached(t, "A's load to start")
 		var bLoads atomic.Int32
 		bGot := goLoad(ctx, bm, "k", counted(&bLoads, "from B"))
 		awaitMarked(t, a.Client(), a.keyLeaseRef("k").lease)
 
 		require.NoError(t, other.Invalidate(ctx, Key("k")))
-		r := recvWithin(t, bGot, notifiedWithin, "B's own load once the lease it waited for was voided")
+		g.open() // A's load ends; its store is refused
+		r := recvWithin(t, bGot, notifiedWithin, "B's own load once the load it waited for ended with its store refused")
 		require.NoError(t, r.err)
-		assert.Equal(t, "from B", r.v)
+		assert.Equal(t, "from B", r.v, "B was served A's value, loaded before the invalidation")
 		assert.Equal(t, int32(1), bLoads.Load())
+		testredis.Recv(t, aGot, "A's result")
+		assert.Equal(t, uint64(1), a.Stats().ByName["keys"].VoidedStores)
 	})
 }
 

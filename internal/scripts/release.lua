@@ -1,6 +1,7 @@
 -- release: delete a key that holds a token (a load's lease, or a lock), only
 -- while it still holds that token, and publish it when a waiting process
--- marked it (KEY:w holds a copy of the token).
+-- marked it (KEY:w, a copy of the key as the waiter found it: this token,
+-- or an earlier holder's).
 -- KEYS[1] the lease or lock key; ARGV[1] the token; ARGV[2] the channel of
 -- its notices ('' or absent for none), ARGV[3] the command that publishes
 -- on it (PUBLISH, or SPUBLISH on a cluster).
@@ -11,7 +12,7 @@ local n = 0
 if held[1] == ARGV[1] then
   n = redis.call('DEL', KEYS[1])
 end
-if held[2] == ARGV[1] and (ARGV[2] or '') ~= '' then
+if held[2] and (ARGV[2] or '') ~= '' then
   redis.call('DEL', KEYS[1] .. ':w')
   redis.call(ARGV[3], ARGV[2], #KEYS[1] .. ':' .. KEYS[1])
 end

@@ -1,6 +1,6 @@
 -- release_many: release.lua for several leases at once: delete each lease
 -- that still holds its token, and publish the leases that a waiting process
--- marked (LEASE:w holds a copy of the token; see store_many.lua).
+-- marked (LEASE:w; see store_many.lua).
 -- KEYS the leases; ARGV the tokens, in the same order, then the channel of
 -- the leases' notices ('' for none) and the command that publishes on it.
 -- Returns how many were deleted.
@@ -34,7 +34,7 @@ for i = 1, n do
   if held[i] == ARGV[i] then
     del[#del + 1] = KEYS[i]
   end
-  if held[n + i] == ARGV[i] and channel ~= '' then
+  if held[n + i] and channel ~= '' then
     del[#del + 1] = read[n + i]
     told[#told + 1] = #KEYS[i] .. ':' .. KEYS[i]
   end

@@ -15,9 +15,11 @@
 -- entry has a generation key.
 -- Returns, for each entry, 1 when written, 0 when its lease was void.
 --
--- A lease that a waiting process marked (LEASE:w holds a copy of this
--- load's token) is published on the channel when its store is done or
--- refused, and its mark deleted: the waiter then reads the entry.
+-- A lease that a waiting process marked (LEASE:w, a copy of the lease
+-- as the waiter found it: this load's token, or an earlier holder's whose
+-- lease an invalidation deleted) is published on the channel when its
+-- store is done or refused, and its mark deleted: the waiter then reads
+-- the entry.
 --
 -- The leases and marks are read with one MGET and the stored entries'
 -- leases deleted with one DEL, in chunks: a call per entry costs more than
@@ -69,7 +71,7 @@ for j = 1, n do
   local a = first + (j - 1) * 6
   local field, key = ARGV[a], KEYS[keyAt[j]]
   local ok = holders[j] == ARGV[a + 1]
-  if holders[n + j] == ARGV[a + 1] and channel ~= '' then
+  if holders[n + j] and channel ~= '' then
     told[#told + 1] = #leases[j] .. ':' .. leases[j]
     done[#done + 1] = read[n + j]
   end
