@@ -18,9 +18,11 @@ import (
 // the lease's slot (one subscription per channel and Manager, kept while
 // the Manager lives), then marks the lease as awaited with COPY lease →
 // lease:w, which also says whether the lease is still held: a lease that
-// ended before the mark is read at once. The store and release scripts of
-// the holder see the mark (a copy of their own token) and publish the
-// lease on the channel; the waiter then reads the entry once. A notice is
+// ended before the mark is read at once. The store and release scripts
+// see the mark (a copy of the lease as the waiter found it: their own
+// token, or that of a holder whose lease an invalidation deleted) and
+// publish the lease on the channel; the waiter then reads the entry once.
+// An invalidation itself publishes nothing. A notice is
 // only a hint: what is served is always read from Redis after it. A notice
 // that is lost (a dropped subscription, a holder that died) is covered by
 // a slow poll, every half of LeaseTTL, which marks the lease again: a lease
