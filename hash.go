@@ -71,7 +71,7 @@ func (h *Hash[T]) Get(ctx context.Context, field string) (T, error) {
 	if err := h.check(ctx, field); err != nil {
 		return v, err
 	}
-	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), h.s.tags, &v)
+	_, state, err := h.m.readEntry(ctx, h.st, h.ref(field), h.s.tags, &v, false)
 	return v, plainRead(h.st, state, err)
 }
 

@@ -150,7 +150,7 @@ func (m *Manager) Get(ctx context.Context, key string, dst any) error {
 	if v := reflect.ValueOf(dst); v.Kind() != reflect.Pointer || v.IsNil() {
 		return fmt.Errorf("%w: Get decodes into a non-nil pointer, not %T", ErrInvalidOption, dst)
 	}
-	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst)
+	_, state, err := m.readEntry(ctx, m.kv, m.keyRef(key), nil, dst, false)
 	return plainRead(m.kv, state, err)
 }
 

@@ -76,7 +76,7 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 		}
 	}
 	var v T
-	h, state, _ := m.readEntry(ctx, e.st, e.ref, e.tags, &v) // a value that does not decode is a miss: load
+	h, state, _ := m.readEntry(ctx, e.st, e.ref, e.tags, &v, !e.s.noFetchOnMiss) // a value that does not decode is a miss: load
 	switch e.s.decide(m, e.st, h, state) {
 	case serve:
 		if m.local != nil {
@@ -107,8 +107,8 @@ func readLoaded[A, T any](ctx context.Context, m *Manager, e *entry, l loader[A,
 // carry: their generations are read with it, in one round trip. An entry
 // that carries others costs a second round trip, for theirs. When Redis
 // fails, readEntry returns the error with a miss.
-func (m *Manager) readEntry(ctx context.Context, st *counters, ref entryRef, tags []string, dst any) (envelope.Header, readState, error) {
-	b, want, err := m.readRaw(ctx, st, ref, tags)
+func (m *Manager) readEntry(ctx context.Context, st *counters, ref entryRef, tags []string, dst any, load bool) (envelope.Header, readState, error) {
+	b, want, err := m.readRaw(ctx, st, ref, tags, load)
 	if err != nil || b == nil {
 		return envelope.Header{}, stateMiss, err
 	}
@@ -154,7 +154,7 @@ func (e missError) Unwrap() []error { return []error{ErrMiss, e.de} }
 // (GET; HGET for a hash field; MGET of a memo entry with its generation,
 // and of a string entry with its tags' generations on a single node), else
 // a pipeline. A memo entry whose generation is gone is absent.
-func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags []string) ([]byte, expect, error) {
+func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags []string, load bool) ([]byte, expect, error) {
 	want := expect{tags: tags}
 	if len(tags) > 0 && (ref.kind == refField || !m.oneNode) {
 		return m.readPiped(ctx, st, ref, want)
@@ -166,8 +166,8 @@ func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags 
 		} else {
 			cmd = redis.NewStringCmd(ctx, "get", ref.key)
 		}
-		if err := m.read(ctx, st, cmd); err != nil {
-			if errors.Is(err, redis.Nil) {
+		if err := m.read(ctx, st, cmd, load); err != nil {
+			if errors.Is(err, redis.Nil) || err == errMissHint {
 				err = nil
 			}
 			return nil, want, err
@@ -184,7 +184,10 @@ func (m *Manager) readRaw(ctx context.Context, st *counters, ref entryRef, tags 
 		args = append(args, m.tagKey(t))
 	}
 	cmd := redis.NewSliceCmd(ctx, args...)
-	if err := m.read(ctx, st, cmd); err != nil {
+	if err := m.read(ctx, st, cmd, load); err != nil {
+		if err == errMissHint {
+			err = nil
+		}
 		return nil, want, err
 	}
 	vals := cmd.Val()

@@ -180,3 +180,54 @@ func TestCloseEndsQueuedReads(t *testing.T) {
 	testredis.Wait(t, &wg, "the reads queued when Close was called")
 	proxy.SetLatency(0, 0)
 }
+
+// TestMissHint: while a read of an absent key is in flight (its reply
+// late), the value is stored; a read that began after the store returned
+// and queued behind the first must see the value. A plain Get sends its
+// own GET; a GetOrLoad takes the first read's miss as a hint, sends no
+// GET, and finds the value when its load reads the entry again after
+// taking the lease: it is served the value, not its loader's.
+func TestMissHint(t *testing.T) {
+	srv, proxy, rdb := slowRedis(t, nil)
+	m := slowManager(t, proxy, rdb, Options{Timeout: 10 * time.Second})
+	direct := srv.Client(t)
+	other, err := New(direct, &Options{Prefix: "test"})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, other) })
+	ctx := t.Context()
+	for round := range 4 {
+		key, now := fmt.Sprint("k-", round), fmt.Sprint("new-", round)
+		load := round%2 == 1 // a GetOrLoad behind the first read, else a Get
+		// The first read runs at once on the server and its reply, a miss,
+		// comes back late: it is in flight while the value is stored.
+		proxy.SetLatency(0, 200*time.Millisecond)
+		gets := getCalls(t, direct)
+		first := make(chan error, 1)
+		go func() {
+			_, err := Get[string](ctx, m, key)
+			first <- err
+		}()
+		require.Eventually(t, func() bool {
+			n, err := getCallsOf(ctx, direct)
+			return err == nil && n > gets
+		}, testredis.Timeout, time.Millisecond, "the first read did not reach the server")
+		require.NoError(t, other.Set(ctx, key, now))
+		proxy.SetLatency(0, 0)
+		if !load {
+			v, err := Get[string](ctx, m, key)
+			require.NoError(t, err, "a Get that began after the store returned missed")
+			assert.Equal(t, now, v)
+		} else {
+			loads := 0
+			v, err := GetOrLoad(ctx, m, key, func(context.Context) (string, error) {
+				loads++
+				return "loaded", nil
+			})
+			require.NoError(t, err)
+			assert.Equal(t, now, v, "a GetOrLoad that began after the store returned did not take the stored value")
+			assert.Zero(t, loads, "the loader ran although the value was stored")
+			assert.Equal(t, gets+1, getCalls(t, direct), "the GetOrLoad sent a GET of its own: it did not take the miss hint")
+		}
+		assert.ErrorIs(t, testredis.Recv(t, first, "the first read"), ErrMiss, "the first read's reply")
+	}
+}
