@@ -430,6 +430,14 @@ func awaitLoads[T any](ctx context.Context, m *Manager, es []entry, busy []int, 
 			// third): it is made again every half, which also finds a
 			// lease whose holder died, to take it over.
 			alive, err := m.markAwaited(ctx, es, waiting)
+			var refused redis.Error
+			if errors.As(err, &refused) {
+				// A server or proxy that refuses COPY: poll.
+				m.log.Debug("cache: marking a lease as awaited failed; polling it", "err", err)
+				err = sleep(ctx, *backoff)
+				*backoff = min(*backoff*2, maxLeasePoll)
+				return waiting, err
+			}
 			if err != nil {
 				return waiting, err
 			}
