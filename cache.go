@@ -114,6 +114,31 @@ type Options struct {
 	// default: 150ms
 	Timeout time.Duration
 
+	// WaitReplicas, when above zero, makes the writes whose loss in a
+	// failover would bring an old value back, and lock grants, return only
+	// once that many replicas of each master written to have them (Redis
+	// WAIT): Invalidate and what is built on it (Delete, Hash.Delete,
+	// Hash.Clear, Memo.ForgetAll), Set, SetMany, Hash.Set, Hash.SetMany,
+	// and Lock, TryLock and WithLock. Replication is asynchronous: without
+	// it, a master that fails over right after acknowledging an
+	// invalidation may not have passed it on, and the promoted replica
+	// serves the entry it removed. A write that fewer replicas acknowledge
+	// within WaitReplicasTimeout returns an error matching
+	// ErrNotReplicated (an invalidation is then retried in the background
+	// like any failed one; a lock so granted is released again). Set it no
+	// higher than the replicas each master has. It costs each such write
+	// one round trip more per master, plus the replicas' acknowledgement.
+	//
+	// default: 0, writes return once the master has them
+	WaitReplicas int
+
+	// WaitReplicasTimeout bounds the wait for the replicas' acknowledgement
+	// (WaitReplicas). It must be shorter than the client's ReadTimeout. It
+	// adds to the write's time budget (Timeout).
+	//
+	// default: 250ms
+	WaitReplicasTimeout time.Duration
+
 	// Breaker configures the circuit breakers that stop the Manager from
 	// waiting on Redis, call after call, while it is down or too slow.
 	Breaker BreakerOptions
@@ -246,6 +271,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if o.RefreshQueue == 0 {
 		o.RefreshQueue = 1024
 	}
+	if o.WaitReplicasTimeout == 0 {
+		o.WaitReplicasTimeout = 250 * time.Millisecond
+	}
 	switch {
 	case o.DefaultTTL < 0, o.NegativeTTL < 0, o.LeaseTTL < 0:
 		return nil, fmt.Errorf("%w: negative duration in Options", ErrInvalidOption)
@@ -257,6 +285,11 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		return nil, fmt.Errorf("%w: negative RefreshWorkers or RefreshQueue", ErrInvalidOption)
 	case o.MaxValueSize < 0:
 		return nil, fmt.Errorf("%w: negative MaxValueSize", ErrInvalidOption)
+	case o.WaitReplicas < 0, o.WaitReplicasTimeout < 0:
+		return nil, fmt.Errorf("%w: negative WaitReplicas or WaitReplicasTimeout", ErrInvalidOption)
+	}
+	if err := checkWaitTimeout(rdb, o); err != nil {
+		return nil, err
 	}
 	if o.Jitter < 0 {
 		o.Jitter = 0

@@ -35,6 +35,11 @@ var (
 	// Redis: a refused or lost connection, a timeout, or the circuit breaker
 	// open. Loaded reads do not return it: they fall back to the loader.
 	ErrUnavailable = errors.New("cache: redis unavailable")
+	// ErrNotReplicated is matched by the error of a write that fewer
+	// replicas acknowledged than Options.WaitReplicas asks for, in time.
+	// The master has it; a failover before the replicas catch up may lose
+	// it.
+	ErrNotReplicated = errors.New("cache: not acknowledged by enough replicas")
 )
 
 // PanicError is the error every caller waiting on a load gets when the

@@ -127,7 +127,7 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		}
 		h.m.dropEverywhere(ctx, false, keys)
 	}
-	return nil
+	return h.m.replicated(ctx, h.st, h.key)
 }
 
 // encodeFields returns the HSET arguments of items, each with header hdr,

@@ -199,6 +199,9 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 		return err
 	}
 	m.inv.removed.Add(uint64(len(p.strings) + len(p.fields) + len(p.hashes)))
+	if m.opts.WaitReplicas > 0 {
+		return m.replicated(ctx, m.kv, p.written()...)
+	}
 	return nil
 }
 
@@ -245,6 +248,20 @@ type invalidation struct {
 	hashes         []string      // hashes to delete
 	prefixes       []string      // key prefixes to resolve into entries
 	detachPrefixes []string      // flights to detach by key prefix
+}
+
+// written returns the keys p deleted, or some of them: at least one on
+// each node it deleted keys on (see Manager.replicated).
+func (p *invalidation) written() []string {
+	keys := make([]string, 0, len(p.strings)+len(p.fields)+len(p.gens)+len(p.hashes))
+	for _, r := range p.strings {
+		keys = append(keys, r.key)
+	}
+	for _, r := range p.fields {
+		keys = append(keys, r.key)
+	}
+	keys = append(keys, p.gens...)
+	return append(keys, p.hashes...)
 }
 
 func (m *Manager) detach(p *invalidation) {

@@ -51,7 +51,7 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 	}
 	m.kv.add(EventSet, 1)
 	m.dropEverywhere(ctx, false, []string{ref.key})
-	return nil
+	return m.replicated(ctx, m.kv, ref.key)
 }
 
 // GetOrLoad returns the value of key, loading it with load when it is
@@ -295,7 +295,13 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		}
 		m.dropEverywhere(ctx, false, keys)
 	}
-	return nil
+	keys := make([]string, 0, len(writes))
+	if m.opts.WaitReplicas > 0 {
+		for _, w := range writes {
+			keys = append(keys, w.ref.key)
+		}
+	}
+	return m.replicated(ctx, m.kv, keys...)
 }
 
 // Delete removes keys and voids the loads of them in flight. It is

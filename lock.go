@@ -464,6 +464,11 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		}
 		if fence > 0 {
 			l.fence = fence
+			if err := m.replicated(ctx, m.locks, key); err != nil {
+				// Not known to survive a failover: not granted.
+				m.abandon(l)
+				return nil, time.Time{}, wrap(err, "lock %q", name)
+			}
 			m.locks.addCtx(ctx, EventLockObtained, time.Since(began))
 			return l, sent.Add(ttl), nil
 		}

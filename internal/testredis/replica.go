@@ -47,7 +47,35 @@ func (s *Server) StartReplica(t testing.TB) *Server {
 	if err := waitLinkUp(ctx, r.Client(t)); err != nil {
 		t.Fatalf("testredis: replica %s of %s: %v; its output:\n%s", r.Addr(), s.Addr(), err, r.logSince(0))
 	}
+	// The master counts a replica (for WAIT) once it has its first
+	// acknowledgement, a little after the replica's link is up.
+	if err := waitOnline(ctx, admin, r.port); err != nil {
+		t.Fatalf("testredis: replica %s of %s: %v", r.Addr(), s.Addr(), err)
+	}
 	return r
+}
+
+// waitOnline polls INFO replication on master until it lists the replica
+// on port as online, or ctx ends.
+func waitOnline(ctx context.Context, master *redis.Client, port int) error {
+	want := "port=" + strconv.Itoa(port) + ",state=online"
+	var last string
+	for {
+		info, err := master.Info(ctx, "replication").Result()
+		if err == nil {
+			if strings.Contains(info, want) {
+				return nil
+			}
+			last = info
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the master does not list it online (last INFO replication: %q): %w", last, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // waitLinkUp polls INFO replication on rdb, a replica, until it says
