@@ -27,6 +27,9 @@ import (
 //	P{lock:NAME}:fence       its fencing counter, which never expires
 //	P{warm}:period:I:N       the claim of warming period N of interval I ms
 //	P{local}:invalidate      the local tier's pub/sub channel
+//	P{SLOT}:w                a write made before WAIT (Options.WaitReplicas),
+//	                         expiring after a second; SLOT: a short tag of a
+//	                         slot written to (see replicas.go)
 //
 // A generation is a random number, set by the first load (or write) that
 // needs it when the key has none; an entry records the generations it was
