@@ -119,7 +119,7 @@ type Options struct {
 	// once that many replicas of each master written to have them (Redis
 	// WAIT): Invalidate and what is built on it (Delete, Hash.Delete,
 	// Hash.Clear, Memo.ForgetAll), Set, SetMany, Hash.Set, Hash.SetMany,
-	// and Lock, TryLock and WithLock. Replication is asynchronous: without
+	// the Refresh calls, and Lock, TryLock and WithLock. Replication is asynchronous: without
 	// it, a master that fails over right after acknowledging an
 	// invalidation may not have passed it on, and the promoted replica
 	// serves the entry it removed. A write that fewer replicas acknowledge

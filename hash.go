@@ -309,6 +309,7 @@ func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx conte
 	v, err := loadEntry(ctx, h.m, e, true, loader[string, T]{fn: load, arg: field})
 	if err == nil {
 		h.m.dropEverywhere(ctx, false, []string{localKey(e.ref)})
+		err = h.m.replicated(ctx, h.st, e.ref.key)
 	}
 	return v, err
 }

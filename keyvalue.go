@@ -114,6 +114,7 @@ func Refresh[T any](ctx context.Context, m *Manager, key string, load func(conte
 	v, err := loadEntry(ctx, m, e, true, loader[struct{}, T]{f0: load})
 	if err == nil {
 		m.dropEverywhere(ctx, false, []string{e.ref.key})
+		err = m.replicated(ctx, m.kv, e.ref.key)
 	}
 	return v, err
 }

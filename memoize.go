@@ -179,6 +179,7 @@ func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 	v, err := loadEntry(ctx, mm.m, e, true, loader[A, R]{fn: mm.fn, arg: args})
 	if err == nil {
 		mm.m.dropEverywhere(ctx, false, []string{e.ref.key}) // other instances' copies are older
+		err = mm.m.replicated(ctx, mm.st, e.ref.key)
 	}
 	return v, err
 }

@@ -80,6 +80,9 @@ func (m *Manager) replicated(ctx context.Context, st *counters, keys ...string) 
 	if m.opts.Timeout > 0 {
 		ctx = &budget{Context: ctx, end: time.Now().Add(m.opts.Timeout + wait)}
 	}
+	if len(targets) == 1 {
+		return m.waitReplicas(ctx, st, targets[0], want, wait)
+	}
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {

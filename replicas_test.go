@@ -75,6 +75,9 @@ func TestWaitReplicasNone(t *testing.T) {
 		}
 		require.ErrorIs(t, SetMany(ctx, m, many), ErrNotReplicated)
 
+		_, err = Refresh(ctx, m, "r", func(context.Context) (int, error) { return 7, nil })
+		require.ErrorIs(t, err, ErrNotReplicated, "a Refresh stores a value")
+
 		err = m.Invalidate(ctx, Key("k"), Key("m1"), Key("m2"), Key("m3"), h.Field("f"), Tag("t"))
 		require.ErrorIs(t, err, ErrNotReplicated)
 		require.False(t, exists(m.keyRef("k").key), "the master deleted the entry")
@@ -109,7 +112,8 @@ func TestWaitReplicasFailover(t *testing.T) {
 		t.Cleanup(func() { closeWithin(t, m) })
 		return m
 	}
-	m := newManager(Options{WaitReplicas: 1, WaitReplicasTimeout: 100 * time.Millisecond})
+	// A timeout a replica on a busy machine meets when it is healthy.
+	m := newManager(Options{WaitReplicas: 1, WaitReplicasTimeout: time.Second})
 	control := newManager(Options{})
 	exists := func(key string) bool {
 		n, err := onReplica.Exists(ctx, key).Result()
