@@ -268,9 +268,9 @@ type finishFunc func(i int, v any, at time.Time, err error)
 func startLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, force bool, l batchLoader[T], finish finishFunc) {
 	lctx := context.WithoutCancel(ctx)
 	job := func() {
-		lctx, cancel := context.WithCancel(lctx)
-		defer cancel()
-		stop := context.AfterFunc(m.life, cancel)
+		lctx, cancel := context.WithCancelCause(lctx)
+		defer cancel(nil)
+		stop := context.AfterFunc(m.life, func() { cancel(ErrClosed) }) // the waiters' error
 		defer stop()
 		runLoad(lctx, m, es, idx, force, l, finish)
 	}
@@ -365,7 +365,7 @@ func runLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, forc
 		if err != nil {
 			if ctx.Err() != nil {
 				for _, i := range todo {
-					finish(i, nil, time.Time{}, ctx.Err())
+					finish(i, nil, time.Time{}, context.Cause(ctx))
 				}
 				return
 			}
@@ -464,7 +464,7 @@ func awaitLoads[T any](ctx context.Context, m *Manager, es []entry, busy []int, 
 				}
 			}
 		case <-ctx.Done():
-			return waiting, ctx.Err()
+			return waiting, context.Cause(ctx) // ErrClosed on Close
 		}
 		waiting = still
 		if len(look) == 0 {
@@ -1013,7 +1013,7 @@ func notStored(cause error) error {
 func degrade[T any](ctx context.Context, m *Manager, es []entry, idx []int, hd *held, l batchLoader[T], cause error, finish finishFunc) {
 	if ctx.Err() != nil {
 		for _, i := range idx {
-			finish(i, nil, time.Time{}, ctx.Err())
+			finish(i, nil, time.Time{}, context.Cause(ctx))
 		}
 		return
 	}
