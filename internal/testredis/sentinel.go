@@ -158,6 +158,19 @@ func (s *Sentinel) Master(t testing.TB) *Server {
 	return m
 }
 
+// Replicas returns the running data nodes other than the master.
+func (s *Sentinel) Replicas(t testing.TB) []*Server {
+	t.Helper()
+	master := s.Master(t)
+	var out []*Server
+	for _, d := range s.data {
+		if d != master && d.running() {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // server returns the data node at addr, or nil.
 func (s *Sentinel) server(addr string) *Server {
 	for _, d := range s.data {
