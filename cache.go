@@ -342,6 +342,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	if m.local != nil {
 		m.goBackground(m.subscribe)
 	}
+	if failoverClient(rdb) {
+		m.goBackground(m.watchMaster)
+	}
 	m.loadScriptsLater()
 	return m, nil
 }

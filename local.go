@@ -5,6 +5,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -82,6 +83,9 @@ type localTier struct {
 	ready   atomic.Bool   // the subscription is up: the tier may serve and keep copies
 	channel string
 	id      string // this Manager's, to skip its own messages
+
+	subMu  sync.Mutex         // protects endSub
+	endSub context.CancelFunc // ends the subscription in use, for subscribe to make anew; nil before the first
 
 	evictions, sent, received, resubscriptions, clears atomic.Uint64
 }
@@ -324,18 +328,44 @@ func decodeDrop(msg string) (id string, all bool, keys []string, ok bool) {
 	return id, false, keys, true
 }
 
-// subscribe receives the fleet's drop messages until Close.
+// subscribe receives the fleet's drop messages until Close, on a
+// subscription it makes anew when renewSub ends it (see failover.go).
 func (m *Manager) subscribe() {
 	t := m.local
-	ps := m.rdb.Subscribe(m.life, t.channel)
-	stop := context.AfterFunc(m.life, func() { _ = ps.Close() })
+	subscribed := false
+	for m.life.Err() == nil {
+		ctx, end := context.WithCancel(m.life)
+		t.subMu.Lock()
+		t.endSub = end
+		t.subMu.Unlock()
+		m.receiveDrops(ctx, &subscribed)
+		end()
+		// Messages may be lost until the new subscription is up.
+		t.ready.Store(false)
+	}
+}
+
+// renewSub ends the subscription in use; subscribe makes it anew.
+func (t *localTier) renewSub() {
+	t.subMu.Lock()
+	defer t.subMu.Unlock()
+	if t.endSub != nil {
+		t.endSub()
+	}
+}
+
+// receiveDrops receives the fleet's drop messages on a subscription of its
+// own until ctx ends. subscribed says whether a subscription was up before.
+func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
+	t := m.local
+	ps := m.rdb.Subscribe(ctx, t.channel)
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer stop()
 	defer ps.Close()
-	subscribed := false
 	backoff := 20 * time.Millisecond
 	for {
-		msg, err := ps.Receive(m.life)
-		if m.life.Err() != nil {
+		msg, err := ps.Receive(ctx)
+		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
@@ -343,7 +373,7 @@ func (m *Manager) subscribe() {
 			t.ready.Store(false)
 			t.drop(true, nil)
 			m.flights.detachAll()
-			if sleep(m.life, backoff) != nil {
+			if sleep(ctx, backoff) != nil {
 				return
 			}
 			backoff = min(2*backoff, 2*time.Second)
@@ -353,14 +383,14 @@ func (m *Manager) subscribe() {
 		switch x := msg.(type) {
 		case *redis.Subscription:
 			if x.Kind == "subscribe" {
-				if subscribed {
+				if *subscribed {
 					t.resubscriptions.Add(1)
 				}
 				// Nothing kept before now was covered by the subscription.
 				t.drop(true, nil)
 				m.flights.detachAll()
 				t.ready.Store(true)
-				subscribed = true
+				*subscribed = true
 			}
 		case *redis.Message:
 			id, all, keys, ok := decodeDrop(x.Payload)

@@ -320,6 +320,20 @@ func (n *notifier) receive(s *noteSub) {
 	}
 }
 
+// renew ends every subscription (the watches on them are told to look at
+// all their leases); the next watches make them anew. See failover.go.
+func (n *notifier) renew() {
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, s := range n.subs {
+		n.closeSub(s)
+		n.tellAllLocked(s)
+	}
+}
+
 // tell wakes the watches of leases.
 func (n *notifier) tell(leases []string) {
 	n.mu.Lock()

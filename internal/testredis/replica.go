@@ -3,6 +3,7 @@ package testredis
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,10 +29,8 @@ const replicaSyncTimeout = Timeout
 func (s *Server) StartReplica(t testing.TB) *Server {
 	t.Helper()
 	bin := lookPath(t, "redis-server", "redis-server", "real-Redis tests")
-	host, port := "127.0.0.1", strconv.Itoa(s.port)
-	r := newServer(bin, t.TempDir(), func(int) ([]string, error) {
-		return []string{"--replicaof", host, port, "--repl-diskless-sync-delay", "0"}, nil
-	})
+	args := replicaArgs(s.Addr())
+	r := newServer(bin, t.TempDir(), func(int) ([]string, error) { return args, nil })
 	r.t = t
 	t.Cleanup(r.Kill)
 
@@ -76,6 +75,13 @@ func waitOnline(ctx context.Context, master *redis.Client, port int) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// replicaArgs returns the redis-server arguments of a replica of the server
+// at addr, "host:port".
+func replicaArgs(addr string) []string {
+	host, port, _ := net.SplitHostPort(addr)
+	return []string{"--replicaof", host, port, "--repl-diskless-sync-delay", "0"}
 }
 
 // waitLinkUp polls INFO replication on rdb, a replica, until it says

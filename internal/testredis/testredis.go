@@ -3,12 +3,16 @@
 // It gives a test an in-process miniredis ([Mini]), a real redis-server
 // process on a free loopback port ([Start]) that the test can kill and
 // restart to inject faults, or a real Redis Cluster of three masters
-// ([StartCluster]) whose slots the test can move between masters. [Run]
+// ([StartCluster]) whose slots the test can move between masters, a
+// replica of a server ([Server.StartReplica]), or a Sentinel set-up of a
+// master, a replica and three sentinels ([StartSentinel]) that the test can
+// fail over, planned or by killing the master. [Run]
 // runs one behaviour test against all three, and [Backend.FastForward] moves
 // TTLs forward on any of them, so tests never sleep for expiry.
 //
 // Tests that need a real server skip with a loud message when redis-server
-// (or, for a cluster, redis-cli) is not on PATH, unless the environment sets
+// (or, for a cluster, redis-cli; for Sentinel, redis-sentinel) is not on
+// PATH, unless the environment sets
 // STOCKPOT_REQUIRE_REDIS=1, in which case the missing binary is a failure.
 //
 // No test waits without a bound: [Recv], [Wait], [Within] and [CloseWithin]
@@ -78,6 +82,7 @@ type Server struct {
 	port  int
 	extra func(port int) ([]string, error) // see newServer
 	args  []string                         // extra's arguments for port
+	conf  string                           // a config file, the process's first argument (a sentinel's); "" for none
 
 	mu   sync.Mutex    // protects cmd and done
 	cmd  *exec.Cmd     // nil when no process is running
@@ -401,13 +406,17 @@ func (s *Server) start() error {
 		return err
 	}
 
-	cmd := exec.Command(s.bin,
+	var first []string
+	if s.conf != "" {
+		first = []string{s.conf}
+	}
+	cmd := exec.Command(s.bin, append(first,
 		"--save", "",
 		"--appendonly", "no",
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
-	)
+	)...)
 	cmd.Args = append(cmd.Args, s.args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = logf
