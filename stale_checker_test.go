@@ -181,7 +181,7 @@ func sentinelConfig(kill bool) func(t *testing.T) checkEnv {
 			raw:     st.Client(t),
 			// A short cool-down, so the breaker lets traffic through soon
 			// after the switch.
-			opts:    cache.Options{Breaker: cache.BreakerOptions{CoolDown: 50 * time.Millisecond}},
+			opts:    cache.Options{Breaker: cache.BreakerOptions{CoolDown: 50 * time.Millisecond}, WaitReplicas: 1},
 			atLeast: 5 * time.Second,
 			// WAIT-REPLICAS: once Options.WaitReplicas exists (invalidations,
 			// writes and lock grants return only once that many replicas
