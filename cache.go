@@ -180,8 +180,9 @@ type Manager struct {
 	ctxTimeouts bool          // the client honours context deadlines
 	bound       time.Duration // the client's own bound on a call; 0: none
 
-	slotsKnown     atomic.Bool // go-redis has loaded the cluster's slots
-	scriptsLoading atomic.Bool // loadScripts is running
+	slotsKnown     atomic.Bool  // go-redis has loaded the cluster's slots
+	slotsReloaded  atomic.Int64 // when a failed call last asked go-redis to reload the slots (reloadSlots), Unix ns
+	scriptsLoading atomic.Bool  // loadScripts is running
 
 	life context.Context    // ends on Close; the parent of all background work
 	stop context.CancelFunc // ends life

@@ -270,6 +270,13 @@ func (m *Manager) exchange(ctx context.Context, cl call) (cut bool, err error) {
 	if ctx.Err() != nil {
 		return true, callerGone(ctx)
 	}
+	if m.cluster != nil {
+		defer func() {
+			if err != nil && ctx.Err() == nil && unreachable(err) {
+				m.reloadSlots(ctx)
+			}
+		}()
+	}
 	now := time.Now()
 	budgetEnd := m.budgetEnd(ctx, now)
 	if !budgetEnd.IsZero() && !now.Before(budgetEnd) {
@@ -355,7 +362,6 @@ func (m *Manager) admit(ctx context.Context, cl *call) (tickets, error) {
 		b := m.breakerFor(ctx, cl.addr, cl.cmd)
 		t, err := b.allow()
 		if err != nil {
-			m.refused(ctx, b)
 			return tk, err
 		}
 		tk.one = t
@@ -372,7 +378,6 @@ func (m *Manager) admit(ctx context.Context, cl *call) (tickets, error) {
 		if j == len(tk.many) {
 			t, err := b.allow()
 			if err != nil {
-				m.refused(ctx, b)
 				tk.fail(errNotSent)
 				return tickets{}, err
 			}
@@ -431,16 +436,17 @@ func (tk *tickets) judge(err error, cmds []redis.Cmder) {
 	}
 }
 
-// refused is called when b refused a call. On a cluster, it asks the
-// client to reload its view of the slots (at most once a second per
-// breaker), so that a master's failover is seen while its breaker is open.
-func (m *Manager) refused(ctx context.Context, b *breaker) {
-	if m.cluster == nil {
-		return
-	}
+// reloadSlots asks go-redis to reload its view of the cluster's slots, at
+// most once a second: exchange calls it when a call on a cluster could not
+// reach its node, did not answer within its budget, or was refused by an
+// open breaker. go-redis reloads the slots by itself only on a MOVED or
+// ASK reply, or every ClusterStateReloadInterval (a minute by default): a
+// master that was killed sends neither, so without this its keys would go
+// on to the dead node long after its replica took over.
+func (m *Manager) reloadSlots(ctx context.Context) {
 	now := time.Now().UnixNano()
-	last := b.reloaded.Load()
-	if now-last > int64(time.Second) && b.reloaded.CompareAndSwap(last, now) {
+	last := m.slotsReloaded.Load()
+	if now-last > int64(time.Second) && m.slotsReloaded.CompareAndSwap(last, now) {
 		m.cluster.ReloadState(ctx)
 	}
 }

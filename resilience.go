@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,10 +35,12 @@ import (
 // cannot be reached opens its own breaker only: the keys of the other
 // masters keep using Redis, and the calls to that master's keys fail at
 // once instead of each paying its budget. A breaker never stands between
-// the client and its own work: go-redis reloads the cluster's slots itself,
-// and a call refused by an open breaker asks it to (ReloadState), so a
-// failover moves the keys to a new master, with a breaker of its own, as
-// soon as the client has seen it.
+// the client and its own work: go-redis reloads the cluster's slots on a
+// redirect, and a call that could not reach its node, got no reply in its
+// budget or was refused by an open breaker asks it to (ReloadState, at
+// most once a second, see reloadSlots), so a failover moves the keys to
+// the promoted replica, with a breaker of its own, within about a second
+// of the nodes agreeing on it, breaker or none.
 //
 // With the breaker open or Redis failing, loaded reads (GetOrLoad,
 // Memo.Get, Hash.GetOrLoad) call the loader and return its value, counted
@@ -76,8 +77,6 @@ type breaker struct {
 	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
 	obs  Observer // nil for none
 	node string   // the node's address; "" for the only node, or a cluster whose slots are not known yet
-
-	reloaded atomic.Int64 // when a refused call last asked the client to reload its view of the cluster, Unix ns
 
 	mu      sync.Mutex // protects pending
 	pending []gobreaker.State

@@ -39,12 +39,24 @@ const (
 // created with redis-cli --cluster create. Its methods are safe for
 // concurrent use, except MoveSlot with itself.
 type Cluster struct {
-	nodes []*Server       // the masters, in the order of Addrs
+	nodes []*Server       // the nodes, in the order of Addrs
 	admin []*redis.Client // a client on each node, for the harness's own commands
 	ids   []string        // the nodes' IDs
 
+	mu   sync.Mutex // protects down
+	down []bool     // by node: killed by KillMaster and not restarted
+
 	closeOnce sync.Once
 }
+
+// clusterSpec is the shape of a cluster startCluster starts.
+type clusterSpec struct {
+	replicas    int           // replicas of each master
+	nodeTimeout time.Duration // cluster-node-timeout
+}
+
+// plainCluster is the shape of StartCluster's and the shared cluster.
+var plainCluster = clusterSpec{nodeTimeout: 2 * time.Second}
 
 // StartCluster starts a fresh Redis Cluster for t and waits until every node
 // says cluster_state:ok and agrees on the owner of every slot. It is stopped
@@ -56,7 +68,7 @@ type Cluster struct {
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	server, cli := clusterBinaries(t)
-	c, err := startCluster(server, cli, t.TempDir(), t.Logf)
+	c, err := startCluster(server, cli, t.TempDir(), plainCluster, t.Logf)
 	if err != nil {
 		t.Fatalf("testredis: starting a cluster: %v", err)
 	}
@@ -119,10 +131,11 @@ func readVersion(bin string) (int, string, error) {
 	return major, fmt.Sprintf("%s.%s.%s", m[1], m[2], m[3]), nil
 }
 
-// startCluster starts the nodes in subdirectories of dir, creates the
-// cluster with redis-cli and waits until the nodes agree on it. On error,
-// the processes it started are killed.
-func startCluster(server, cli, dir string, logf func(string, ...any)) (c *Cluster, err error) {
+// startCluster starts the nodes of a cluster shaped as spec in
+// subdirectories of dir, creates the cluster with redis-cli and waits until
+// the nodes agree on it (and every replica is in sync). On error, the
+// processes it started are killed.
+func startCluster(server, cli, dir string, spec clusterSpec, logf func(string, ...any)) (c *Cluster, err error) {
 	c = &Cluster{}
 	defer func() {
 		if err != nil {
@@ -130,7 +143,7 @@ func startCluster(server, cli, dir string, logf func(string, ...any)) (c *Cluste
 			c = nil
 		}
 	}()
-	for i := range clusterMasters {
+	for i := range clusterMasters * (1 + spec.replicas) {
 		nodeDir := filepath.Join(dir, "node"+strconv.Itoa(i))
 		if err := os.Mkdir(nodeDir, 0o755); err != nil {
 			return nil, err
@@ -146,7 +159,7 @@ func startCluster(server, cli, dir string, logf func(string, ...any)) (c *Cluste
 			return []string{
 				"--cluster-enabled", "yes",
 				"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)),
-				"--cluster-node-timeout", "2000",
+				"--cluster-node-timeout", strconv.FormatInt(spec.nodeTimeout.Milliseconds(), 10),
 				"--cluster-port", strconv.Itoa(bus),
 			}, nil
 		})
@@ -165,7 +178,7 @@ func startCluster(server, cli, dir string, logf func(string, ...any)) (c *Cluste
 	ctx, cancel := context.WithTimeout(context.Background(), clusterTimeout)
 	defer cancel()
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(spec.replicas), "--cluster-yes")
 	cmd := exec.CommandContext(ctx, cli, args...)
 	cmd.SysProcAttr = sysProcAttr()
 	var out bytes.Buffer
@@ -181,14 +194,22 @@ func startCluster(server, cli, dir string, logf func(string, ...any)) (c *Cluste
 		}
 		c.ids = append(c.ids, id)
 	}
+	c.down = make([]bool, len(c.nodes))
 	if err := c.waitConsistent(ctx); err != nil {
 		return nil, err
+	}
+	if spec.replicas > 0 {
+		if err := c.waitReplicasInSync(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
 
-// Addrs returns the masters' addresses, "127.0.0.1:port". MoveSlot and
-// SlotOwner number the masters in this order.
+// Addrs returns the nodes' addresses, "127.0.0.1:port": the three masters
+// of a cluster without replicas; every node, master or replica, of one
+// with them. MoveSlot, SlotOwner and the failover methods number the nodes
+// in this order.
 func (c *Cluster) Addrs() []string {
 	addrs := make([]string, len(c.nodes))
 	for i, s := range c.nodes {
@@ -242,8 +263,12 @@ func (c *Cluster) FastForward(t testing.TB, d time.Duration) {
 	if d <= 0 {
 		return
 	}
-	for i, a := range c.admin {
-		if err := fastForwardDB(t.Context(), a, 0, d, true); err != nil {
+	masters, err := c.masters(t.Context())
+	if err != nil {
+		t.Fatalf("testredis: fast-forward: %v", err)
+	}
+	for _, i := range masters {
+		if err := fastForwardDB(t.Context(), c.admin[i], 0, d, true); err != nil {
 			t.Fatalf("testredis: fast-forward on %s: %v", c.nodes[i].Addr(), err)
 		}
 	}
@@ -251,12 +276,46 @@ func (c *Cluster) FastForward(t testing.TB, d time.Duration) {
 
 // flushAll deletes every key on every master.
 func (c *Cluster) flushAll(ctx context.Context) error {
-	for i, a := range c.admin {
-		if err := a.FlushAll(ctx).Err(); err != nil {
+	masters, err := c.masters(ctx)
+	if err != nil {
+		return err
+	}
+	for _, i := range masters {
+		if err := c.admin[i].FlushAll(ctx).Err(); err != nil {
 			return fmt.Errorf("FLUSHALL on %s: %w", c.nodes[i].Addr(), err)
 		}
 	}
 	return nil
+}
+
+// live returns the indexes of the nodes that run (all but those
+// KillMaster killed and Restart has not restarted).
+func (c *Cluster) live() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []int
+	for i := range c.nodes {
+		if !c.down[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// masters returns the indexes of the live nodes that say they are masters
+// (ROLE): every node of a cluster without replicas.
+func (c *Cluster) masters(ctx context.Context) ([]int, error) {
+	var out []int
+	for _, i := range c.live() {
+		role, err := c.admin[i].Do(ctx, "role").Slice()
+		if err != nil {
+			return nil, fmt.Errorf("ROLE on %s: %w", c.nodes[i].Addr(), err)
+		}
+		if len(role) > 0 && role[0] == "master" {
+			out = append(out, i)
+		}
+	}
+	return out, nil
 }
 
 // SlotOwner returns the index in Addrs of the master that owns slot.
@@ -273,7 +332,7 @@ func (c *Cluster) slotOwner(ctx context.Context, slot int) (int, error) {
 	if slot < 0 || slot >= clusterSlots {
 		return 0, fmt.Errorf("no slot %d", slot)
 	}
-	ranges, err := slotRanges(ctx, c.admin[0])
+	ranges, err := slotRanges(ctx, c.admin[c.live()[0]])
 	if err != nil {
 		return 0, err
 	}
@@ -305,7 +364,7 @@ func slotRanges(ctx context.Context, a *redis.Client) ([]slotRange, error) {
 	for _, sh := range shards {
 		owner := "none"
 		for _, n := range sh.Nodes {
-			if n.Role == "master" {
+			if n.Role == "master" && n.Health != "failed" {
 				owner = net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
 			}
 		}
@@ -370,7 +429,7 @@ func (c *Cluster) moveSlot(ctx context.Context, slot, to int) error {
 	// The target first, so that it owns the slot before the source sends
 	// MOVED there; then the source, which ends its migration; then the rest.
 	order := []int{to, from}
-	for i := range c.nodes {
+	for _, i := range c.live() {
 		if i != to && i != from {
 			order = append(order, i)
 		}
@@ -386,28 +445,21 @@ func (c *Cluster) moveSlot(ctx context.Context, slot, to int) error {
 // waitConsistent polls the nodes, backing off from 5ms to 100ms, until
 // consistent reports no problem or ctx ends.
 func (c *Cluster) waitConsistent(ctx context.Context) error {
-	delay := 5 * time.Millisecond
-	for {
-		err := c.consistent(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the nodes do not agree on the cluster: %w", err)
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 100*time.Millisecond)
+	if err := poll(ctx, func() error { return c.consistent(ctx) }); err != nil {
+		return fmt.Errorf("the nodes do not agree on the cluster: %w", err)
 	}
+	return nil
 }
 
 // consistent reports, as an error, the first thing that keeps the cluster
-// from being ready: a node whose CLUSTER INFO does not say cluster_state:ok
-// with every slot ok and every node known, a node with a slot in migration,
-// or two nodes that disagree on a slot's owner.
+// from being ready: a live node whose CLUSTER INFO does not say
+// cluster_state:ok with every slot ok and every node known, a node with a
+// slot in migration, or two live nodes that disagree on a slot's owner.
 func (c *Cluster) consistent(ctx context.Context) error {
 	var first string
-	for i, a := range c.admin {
+	live := c.live()
+	for _, i := range live {
+		a := c.admin[i]
 		addr := c.nodes[i].Addr()
 		info, err := a.ClusterInfo(ctx).Result()
 		if err != nil {
@@ -442,10 +494,10 @@ func (c *Cluster) consistent(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("CLUSTER SHARDS on %s: %w", addr, err)
 		}
-		if i == 0 {
+		if i == live[0] {
 			first = owners
 		} else if owners != first {
-			return fmt.Errorf("%s and %s disagree on the slots' owners: %s, and %s", c.nodes[0].Addr(), addr, first, owners)
+			return fmt.Errorf("%s and %s disagree on the slots' owners: %s, and %s", c.nodes[live[0]].Addr(), addr, first, owners)
 		}
 	}
 	return nil
@@ -487,7 +539,7 @@ func sharedCluster(t testing.TB) *Cluster {
 		start := time.Now()
 		shared.dir, shared.err = os.MkdirTemp("", sharedDirPrefix+strconv.Itoa(os.Getpid())+"-")
 		if shared.err == nil {
-			shared.c, shared.err = startCluster(server, cli, shared.dir, t.Logf)
+			shared.c, shared.err = startCluster(server, cli, shared.dir, plainCluster, t.Logf)
 		}
 		if shared.err != nil {
 			_ = os.RemoveAll(shared.dir)

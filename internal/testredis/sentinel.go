@@ -298,14 +298,14 @@ func (s *Server) running() bool {
 // ready.
 func (s *Sentinel) waitReady(t testing.TB) {
 	t.Helper()
-	if err := poll(Timeout, s.ready); err != nil {
+	if err := pollFor(Timeout, s.ready); err != nil {
 		t.Fatalf("testredis: the Sentinel set-up is not ready to fail over: %v", err)
 	}
 }
 
-// poll calls cond every 20ms until it returns nil or an error wrapping
+// pollFor calls cond every 20ms until it returns nil or an error wrapping
 // errStop, and returns its last error when it has not returned nil within d.
-func poll(d time.Duration, cond func(context.Context) error) error {
+func pollFor(d time.Duration, cond func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	for {
@@ -337,7 +337,7 @@ func (s *Sentinel) Failover(t testing.TB) (master *Server, took time.Duration) {
 	s.waitReady(t)
 	old := s.Master(t).Addr()
 	start := time.Now()
-	err := poll(Timeout, func(ctx context.Context) error {
+	err := pollFor(Timeout, func(ctx context.Context) error {
 		err := s.admin[0].Failover(ctx, SentinelMaster).Err()
 		if err != nil && (strings.HasPrefix(err.Error(), "INPROG") || strings.HasPrefix(err.Error(), "NOGOODSLAVE")) {
 			return err // try again
@@ -378,7 +378,7 @@ func (s *Sentinel) KillMaster(t testing.TB) (killed *Server, took time.Duration)
 func (s *Sentinel) waitSwitch(t testing.TB, old string, start time.Time) (*Server, time.Duration) {
 	t.Helper()
 	var addr string
-	err := poll(Timeout, func(ctx context.Context) error {
+	err := pollFor(Timeout, func(ctx context.Context) error {
 		var err error
 		if addr, err = s.masterAddr(ctx); err != nil {
 			return err
@@ -422,7 +422,7 @@ func (s *Sentinel) WaitClient(t testing.TB, rdb *redis.Client) {
 	t.Helper()
 	want := strconv.Itoa(s.Master(t).port)
 	var got string
-	err := poll(Timeout, func(ctx context.Context) error {
+	err := pollFor(Timeout, func(ctx context.Context) error {
 		info, err := rdb.Info(ctx, "server").Result()
 		if err != nil {
 			return err
