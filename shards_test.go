@@ -547,3 +547,51 @@ func TestShardedMemoSpreadsOverMasters(t *testing.T) {
 	}
 	assert.Equal(t, loads+3, m.Stats().ByName["memo:big"].Loads, "every entry read after ForgetAll is loaded again")
 }
+
+// While an invalidation of a sharded memo waits to be retried, the Manager
+// serves none of the entries it names, in any shard, and every other one.
+func TestShardedPendingInvalidationIsAMiss(t *testing.T) {
+	_, rdb := testredis.Mini(t)
+	faults := &failPipelines{}
+	rdb.AddHook(faults)
+	m, err := New(rdb, &Options{Prefix: "test", Breaker: BreakerOptions{Failures: -1}})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, m) })
+	ctx := t.Context()
+	var version atomic.Int64
+	load := func(ctx context.Context, i int) (int64, error) { return version.Load(), nil }
+	menu := Memoize(m, "menu", load, Shards(8))
+	other := Memoize(m, "menus", load, Shards(8)) // a name that starts like it
+	const args = 32
+	read := func(mm *Memo[int, int64], i int) int64 {
+		t.Helper()
+		v, err := mm.Get(ctx, i)
+		require.NoError(t, err)
+		return v
+	}
+	for i := range args {
+		read(menu, i)
+		read(other, i)
+	}
+	require.Len(t, shardsUsed(t, rdb, menu.base), 8)
+
+	version.Store(1)
+	faults.on.Store(true) // invalidations are pipelines: they fail; reads and loads go on
+	require.Error(t, m.Invalidate(ctx, menu.Entry(3)))
+	for i := range args {
+		want := int64(0)
+		if i == 3 {
+			want = 1
+		}
+		assert.Equal(t, want, read(menu, i), "argument %d with a pending Entry(3)", i)
+	}
+	version.Store(2)
+	require.Error(t, menu.ForgetAll(ctx))
+	for i := range args {
+		assert.Equal(t, int64(2), read(menu, i), "argument %d with a pending ForgetAll", i)
+		assert.Equal(t, int64(0), read(other, i), "argument %d of another memo", i)
+	}
+	faults.on.Store(false)
+	require.Eventually(t, func() bool { return m.Stats().Invalidations.Pending == 0 }, 10*time.Second, 5*time.Millisecond,
+		"the failed invalidations were not retried")
+}
