@@ -44,6 +44,9 @@
 // package for its byte layout) encoded with Options.Codec, MessagePack by
 // default. Every key carries a Redis Cluster hash tag, so the scripts that
 // read an entry together with its lease and generation touch one slot.
+// A memo's entries share its slot, so that ForgetAll is one command; a
+// memo too large for one node of a cluster is spread over several slots
+// with Shards.
 // Package cachetest gives tests a Manager on an in-process Redis with a
 // clock they control.
 package cache

@@ -18,12 +18,13 @@ import (
 // invalid.
 type Target struct {
 	kind  targetKind
-	name  string // the key, tag or prefix as the caller gave it
-	key   string // the entry's key, or the hash
-	field string // the hash field
-	lease string // the entry's lease key
-	gen   string // the container's generation key
-	err   error  // why the target could not be made
+	name  string   // the key, tag or prefix as the caller gave it
+	key   string   // the entry's key, or the hash
+	field string   // the hash field
+	lease string   // the entry's lease key
+	gen   string   // the container's generation key
+	gens  []string // a memo's generation keys, one a shard
+	err   error    // why the target could not be made
 }
 
 type targetKind uint8
@@ -80,7 +81,7 @@ func (mm *Memo[A, R]) Entry(args A) Target {
 
 // All is the target of every entry of the memo (as ForgetAll).
 func (mm *Memo[A, R]) All() Target {
-	return Target{kind: targetMemo, name: mm.name, key: mm.base, gen: mm.gen}
+	return Target{kind: targetMemo, name: mm.name, key: mm.base, gens: mm.gens}
 }
 
 // String names the target's kind and what it names, as in `tag "sales"`.
@@ -165,7 +166,7 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 			p.gens = append(p.gens, t.gen)
 			p.hashes = append(p.hashes, t.key)
 		case targetMemo:
-			p.gens = append(p.gens, t.gen)
+			p.gens = append(p.gens, t.gens...)
 			p.detachPrefixes = append(p.detachPrefixes, t.key)
 		case targetTag:
 			p.gens = append(p.gens, m.tagKey(t.name))

@@ -22,6 +22,9 @@ import (
 //	P{m:NAME}:e:ARG          a memoized result (ARG: see argKey)
 //	P{m:NAME}:l:ARG          its load lease
 //	P{m:NAME}:g              the memo's generation, deleted by All (ForgetAll)
+//	P{m:NAME%sN:I}:e:ARG     an entry of a memo of N shards (Shards(N)), in shard I
+//	P{m:NAME%sN:I}:l:ARG     its load lease
+//	P{m:NAME%sN:I}:g         shard I's generation; All deletes all N
 //	P{t:TAG}:g               a tag's generation, deleted by Tag targets
 //	P{lock:NAME}             a distributed lock, holding its owner's token
 //	P{lock:NAME}:fence       its fencing counter, which never expires
@@ -39,7 +42,12 @@ import (
 //
 // KEY, NAME, FIELD and TAG have '%' and '}' escaped (as %25 and %7D), so the
 // first '}' is always the tag's end and two different names never give one
-// key. Keys the application keeps itself (Manager.Key) are P followed by
+// key. An escaped name never holds "%s": it marks a sharded memo's shard,
+// so that P{m:NAME%sN: starts the keys of that memo's N shards and of no
+// other memo. A memo of one shard (the default) keeps the unsharded
+// layout. Which shard holds an entry is shardOf its ARG (the argument's
+// text, as argKey or userKey write it after the entry infix), fixed with
+// the layout: changing it, like changing N, makes every entry a miss. Keys the application keeps itself (Manager.Key) are P followed by
 // its own name: names that do not start with '{' never meet the cache's.
 
 // escape escapes '%' and '}' in s.
@@ -190,25 +198,71 @@ func versionOf(hash string) string { return hash + versionSuffix }
 
 // memoKeys are the keys of a Memo.
 type memoKeys struct {
-	base   string // P{m:NAME}, the start of every key of the memo
-	entry  string // P{m:NAME}:e:, the start of every entry key, before the argument's text
+	// base is the start of every key of the memo and of no other's:
+	// P{m:NAME}, or P{m:NAME%sN: for a memo of N shards.
+	base   string
+	shards []memoShard // one, or N
+	gens   []string    // every shard's generation, in shard order
+}
+
+// memoShard are the keys of one shard of a memo, all in one hash slot.
+type memoShard struct {
+	entry  string // P{m:NAME}:e:, the start of its entry keys, before the argument's text
 	gen    string // its generation
 	genArg any    // gen, boxed once
 }
 
-func (m *Manager) memoKeys(name string) memoKeys {
-	b := m.prefix + "{m:" + escape(name) + "}"
-	return memoKeys{base: b, entry: b + memoEntryInfix, gen: b + genSuffix, genArg: b + genSuffix}
+// maxShards bounds Shards: a ForgetAll deletes one generation a shard.
+const maxShards = 1024
+
+// memoKeys returns the keys of the memo name of n shards (1 to maxShards).
+func (m *Manager) memoKeys(name string, n int) memoKeys {
+	k := memoKeys{shards: make([]memoShard, n), gens: make([]string, n)}
+	if n == 1 {
+		k.base = m.prefix + "{m:" + escape(name) + "}"
+	} else {
+		k.base = m.prefix + "{m:" + escape(name) + "%s" + strconv.Itoa(n) + ":"
+	}
+	for i := range n {
+		tag := k.base
+		if n > 1 {
+			tag += strconv.Itoa(i) + "}"
+		}
+		k.shards[i] = memoShard{entry: tag + memoEntryInfix, gen: tag + genSuffix, genArg: tag + genSuffix}
+		k.gens[i] = k.shards[i].gen
+	}
+	return k
 }
 
-// entryPrefix is the start of every entry key of the memo, before the
-// argument's text.
-func (k memoKeys) entryPrefix() string { return k.entry }
+// entryPrefix is the start of every entry key of the memo's first shard
+// (its only one, unless it is sharded), before the argument's text.
+func (k *memoKeys) entryPrefix() string { return k.shards[0].entry }
 
 // entryRef returns the ref of the memo entry whose key is key, made by
-// argKey from entryPrefix.
-func (k memoKeys) entryRef(key string) entryRef {
-	return entryRef{kind: refMemo, key: key, gen: k.gen, genArg: k.genArg, arg: len(k.entry)}
+// argKey or userKey from entryPrefix: the key itself when the memo has one
+// shard, else the same argument's key in the shard that holds it.
+func (k *memoKeys) entryRef(key string) entryRef {
+	sh := &k.shards[0]
+	if len(k.shards) > 1 {
+		arg := key[len(sh.entry):]
+		if i := shardOf(arg, len(k.shards)); i > 0 {
+			sh = &k.shards[i]
+			key = sh.entry + arg
+		}
+	}
+	return entryRef{kind: refMemo, key: key, gen: sh.gen, genArg: sh.genArg, arg: len(sh.entry)}
+}
+
+// shardOf returns the shard, of n, that holds the entry of the argument
+// whose key text is arg: its 32-bit FNV-1a hash modulo n. It is part of the
+// key layout: every process must choose as every other does.
+func shardOf(arg string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(arg); i++ {
+		h ^= uint32(arg[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
 }
 
 // tagKey returns the key of the tag's generation.

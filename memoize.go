@@ -47,7 +47,8 @@ type Memo[A, R any] struct {
 // All of a memo's entries live in one Redis Cluster hash slot, with the
 // generation that ForgetAll moves: that is what makes ForgetAll a single
 // command. A memo with a very large number of entries therefore sits on
-// one node of a cluster.
+// one node of a cluster, unless it is spread over several slots with
+// Shards.
 //
 // Memoize panics, with an error matching ErrInvalidKey or ErrInvalidOption,
 // on an empty name, a nil fn, or an option that is invalid (TagsFor of a
@@ -80,7 +81,7 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 	if err != nil {
 		panic(wrap(err, "Memoize %q", name))
 	}
-	mm.memoKeys = m.memoKeys(name)
+	mm.memoKeys = m.memoKeys(name, max(mm.s.shards, 1))
 	mm.st = m.stats.get("memo:" + name)
 	if m.local != nil && mm.keyBy == nil {
 		if mm.layout = argLayoutOf(reflect.TypeFor[A]()); mm.layout != nil {
@@ -88,6 +89,34 @@ func Memoize[A, R any](m *Manager, name string, fn func(context.Context, A) (R, 
 		}
 	}
 	return mm
+}
+
+// Shards spreads a memo's entries over n hash slots (1 to 1024; default
+// 1), so that on a Redis Cluster a memo too large or too busy for one node
+// has its entries, and its load, spread over the masters. Each entry goes
+// to the shard that a hash of its argument's key chooses; each shard has a
+// generation of its own, in the shard's slot, so a hit is still one read
+// of one slot. ForgetAll moves all n generations: one pipeline per node,
+// n commands in all, still none per entry.
+//
+// The shards are part of an entry's key: instances of a memo with
+// different n (during a deploy that changes it) share no entry, so every
+// entry stored with the old n is a miss for the new one, and an
+// invalidation made with one n does not reach the entries stored with the
+// other (they expire with their TTL). Change n with the memo's name, or
+// where its entries can be served for a TTL after an invalidation. n of 1
+// keeps the layout of a memo made without Shards, entries included.
+// Given to anything but Memoize or MemoizeBatch, or with n out of range,
+// it is an invalid option.
+func Shards(n int) Option {
+	return func(s *settings) {
+		s.give(optShards)
+		if n < 1 || n > maxShards {
+			s.fail(fmt.Errorf("%w: Shards(%d), want 1 to %d", ErrInvalidOption, n, maxShards))
+			return
+		}
+		s.shards = n
+	}
 }
 
 // Name returns the name the memo was made with.
@@ -196,9 +225,10 @@ func (mm *Memo[A, R]) Forget(ctx context.Context, args A) error {
 }
 
 // ForgetAll forgets every entry of the memo in one command, however many
-// there are: it moves the memo's generation, so entries stored under the
-// old one are misses from then on (and expire with their TTL), and loads in
-// flight are not stored. It is Invalidate(ctx, mm.All()).
+// there are (one a shard, see Shards): it moves the memo's generation, so
+// entries stored under the old one are misses from then on (and expire
+// with their TTL), and loads in flight are not stored. It is
+// Invalidate(ctx, mm.All()).
 func (mm *Memo[A, R]) ForgetAll(ctx context.Context) error {
 	if err := mm.m.Invalidate(ctx, mm.All()); err != nil {
 		return err

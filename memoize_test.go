@@ -403,7 +403,7 @@ func TestForgetAllIsOneCommand(t *testing.T) {
 		// under the memo's generation.
 		const n = 100_000
 		rdb := m.Client()
-		require.NoError(t, rdb.Set(ctx, mm.gen, "77", 0).Err())
+		require.NoError(t, rdb.Set(ctx, mm.shards[0].gen, "77", 0).Err())
 		payload, err := m.encode(7, envelope.Header{WrittenAt: m.now().UnixMilli(), Gen: 77})
 		require.NoError(t, err)
 		for start := 0; start < n; start += 5000 {

@@ -20,6 +20,7 @@ type settings struct {
 	earlyBeta     float64 // EarlyRefresh
 	tagsFor       any     // a func(A) []string, for a Memo[A, R]
 	keyBy         any     // a func(A) string, for a Memo[A, R]
+	shards        int     // Shards; 0: one
 	// rememberMissing is RememberMissing: a batch loader's left-out keys
 	// are remembered as not found.
 	rememberMissing bool
@@ -41,17 +42,18 @@ const (
 	optTagsFor
 	optRememberMissing
 	optKeyBy
+	optShards
 	numOptions = iota
 )
 
-var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing", "KeyBy"}
+var optionNames = [numOptions]string{"TTL", "NoExpiry", "Jitter", "Tags", "StaleFor", "FetchOnMiss", "EarlyRefresh", "TagsFor", "RememberMissing", "KeyBy", "Shards"}
 
 // The options each kind of call takes.
 const (
-	writeOptions  = optTTL | optNoExpiry | optJitter | optTags                    // Set, SetMany
-	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh // GetOrLoad, Refresh
-	hashOptions   = loadedOptions | optRememberMissing                            // NewHash
-	memoOptions   = loadedOptions | optTagsFor | optRememberMissing | optKeyBy    // Memoize, MemoizeBatch
+	writeOptions  = optTTL | optNoExpiry | optJitter | optTags                             // Set, SetMany
+	loadedOptions = writeOptions | optStaleFor | optFetchOnMiss | optEarlyRefresh          // GetOrLoad, Refresh
+	hashOptions   = loadedOptions | optRememberMissing                                     // NewHash
+	memoOptions   = loadedOptions | optTagsFor | optRememberMissing | optKeyBy | optShards // Memoize, MemoizeBatch
 )
 
 // give records that an option of kind k was given.

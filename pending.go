@@ -52,7 +52,7 @@ type pendingTarget struct {
 	id    uint64
 	t     Target
 	kind  targetKind
-	key   string // the entry's key, the hash, the memo's entry prefix, or the plain keys' prefix
+	key   string // the entry's key, the hash, the start of the memo's keys, or the plain keys' prefix
 	field string
 	tag   string
 	since time.Time
@@ -84,10 +84,8 @@ func (p *pendingInvalidations) add(m *Manager, targets []Target) {
 			pt.key = m.entryKey(t.name)
 		case targetField:
 			pt.key, pt.field = t.key, t.field
-		case targetHash, targetEntry:
+		case targetHash, targetEntry, targetMemo:
 			pt.key = t.key
-		case targetMemo:
-			pt.key = m.memoKeys(t.name).entryPrefix()
 		case targetTag:
 			pt.tag = t.name
 		case targetPrefix:
