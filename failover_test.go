@@ -329,7 +329,7 @@ func (f *foFleet) startWorkers(ctx context.Context, wg *sync.WaitGroup) {
 
 // probeResult is what the probes of one failover found.
 type probeResult struct {
-	fresh          time.Time            // when the first fresh client's write that succeeded after the failover began began
+	fresh          time.Time            // when the fresh clients' writes last began to succeed
 	freshNeverFail bool                 // no fresh client's write failed
 	recovered      map[string]time.Time // by "Manager i op": when its first call began after which none failed
 	failed         map[string]int       // by "Manager i op": its failed calls
@@ -340,67 +340,89 @@ type probeResult struct {
 // probeOps are the calls the probes make on each Manager.
 var probeOps = []string{"Set", "Invalidate", "TryLock"}
 
-// startProbes probes the shard's slots every 50ms, with every Manager's
-// Set, Invalidate and TryLock and with a fresh ClusterClient's write. Once
-// the failover it is sent has ended, it goes on until the fresh client has
-// written and each Manager's calls have succeeded 20 times in a row, or
-// until probeFor has passed since it started; then it sends what it found.
+// probeOutcome is what one probe found.
+type probeOutcome struct {
+	name      string
+	recovered time.Time // when its first call began after which none failed; zero if the last failed
+	failed    int
+	lastErr   error
+	done      bool // it succeeded as often as it had to after the failover ended
+}
+
+// startProbes probes the shard's slots every 50ms, each probe on a
+// goroutine of its own: every Manager's Set, Invalidate and TryLock, and a
+// fresh ClusterClient's write. Once the failover it is sent has ended, a
+// probe of a Manager stops when it has succeeded 20 times in a row since,
+// the fresh client's when it has written once since; all stop when probeFor
+// has passed. Then it sends what they found.
 func (f *foFleet) startProbes(sh shard, failovers <-chan testredis.Failover) <-chan probeResult {
 	out := make(chan probeResult, 1)
+	ended := make(chan struct{}) // closed once fo is set
+	var fo testredis.Failover
+	deadline := time.Now().Add(probeFor)
 	go func() {
-		res := probeResult{recovered: map[string]time.Time{}, failed: map[string]int{}, lastErr: map[string]error{}}
-		after := map[string]int{} // by name: successes in a row that began after the failover ended
-		var fo *testredis.Failover
-		deadline := time.Now().Add(probeFor)
-		rawKey := f.mgrs[0].entryKey(sh.key) + ":fresh"
-		res.freshNeverFail = true
+		select {
+		case fo = <-failovers:
+			close(ended)
+		case <-time.After(probeFor):
+		}
+	}()
+	probe := func(name string, need int, call func() error) probeOutcome {
+		o := probeOutcome{name: name}
+		after := 0 // successes in a row that began after the failover ended
 		for {
-			if fo == nil {
+			start := time.Now()
+			if err := call(); err != nil {
+				o.failed++
+				o.lastErr = err
+				o.recovered = time.Time{}
+				after = 0
+			} else {
+				if o.recovered.IsZero() {
+					o.recovered = start
+				}
 				select {
-				case x := <-failovers:
-					fo = &x
+				case <-ended:
+					if start.After(fo.Done) {
+						after++
+					}
 				default:
 				}
 			}
-			start := time.Now()
-			if res.fresh.IsZero() {
-				switch err := f.freshWrite(rawKey); {
-				case err != nil:
-					res.freshNeverFail = false
-				case !res.freshNeverFail || (fo != nil && start.After(fo.Done)):
-					res.fresh = start
-				}
-			}
-			for i, m := range f.probed {
-				for _, op := range probeOps {
-					name := fmt.Sprintf("Manager %d %s", i, op)
-					opStart := time.Now()
-					if err := probeOp(m, op, sh); err != nil {
-						res.failed[name]++
-						res.lastErr[name] = err
-						after[name] = 0
-						delete(res.recovered, name)
-						continue
-					}
-					if _, ok := res.recovered[name]; !ok {
-						res.recovered[name] = opStart
-					}
-					if fo != nil && opStart.After(fo.Done) {
-						after[name]++
-					}
-				}
-			}
-			done := fo != nil && !res.fresh.IsZero() && len(after) == len(probeOps)*len(f.probed)
-			for _, n := range after {
-				done = done && n >= 20
-			}
-			if done || time.Now().After(deadline) {
-				res.timedOut = !done
-				out <- res
-				return
+			if o.done = after >= need; o.done || time.Now().After(deadline) {
+				return o
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+	rawKey := f.mgrs[0].entryKey(sh.key) + ":fresh"
+	outcomes := make(chan probeOutcome)
+	n := 1
+	go func() { outcomes <- probe("fresh", 1, func() error { return f.freshWrite(rawKey) }) }()
+	for i, m := range f.probed {
+		for _, op := range probeOps {
+			n++
+			go func() {
+				outcomes <- probe(fmt.Sprintf("Manager %d %s", i, op), 20, func() error { return probeOp(m, op, sh) })
+			}()
+		}
+	}
+	go func() {
+		res := probeResult{recovered: map[string]time.Time{}, failed: map[string]int{}, lastErr: map[string]error{}}
+		for range n {
+			o := <-outcomes
+			res.timedOut = res.timedOut || !o.done
+			if o.name == "fresh" {
+				res.fresh, res.freshNeverFail = o.recovered, o.failed == 0
+				continue
+			}
+			if !o.recovered.IsZero() {
+				res.recovered[o.name] = o.recovered
+			}
+			res.failed[o.name] = o.failed
+			res.lastErr[o.name] = o.lastErr
+		}
+		out <- res
 	}()
 	return out
 }
@@ -448,14 +470,16 @@ func (f *foFleet) report(t *testing.T, kind string, sh shard, fo testredis.Failo
 	t.Helper()
 	took := fo.Done.Sub(fo.Start)
 	t.Logf("%s failover of %s (slot %d) to %s: the nodes agreed after %v", kind, f.c.Addrs()[fo.Old], sh.slot, f.c.Addrs()[fo.New], took.Round(time.Millisecond))
-	if p.freshNeverFail {
-		t.Logf("  a fresh client's write never failed")
-	} else if !p.fresh.IsZero() {
-		t.Logf("  a fresh client first wrote %v after the failover began", p.fresh.Sub(fo.Start).Round(time.Millisecond))
-	}
 	ref := p.fresh
-	if ref.IsZero() || p.freshNeverFail {
+	switch {
+	case p.freshNeverFail:
+		t.Logf("  a fresh client's write never failed")
 		ref = fo.Start
+	case p.fresh.IsZero():
+		t.Errorf("  a fresh client could not write in the failed master's slots %v after the failover began", probeFor)
+		ref = fo.Done
+	default:
+		t.Logf("  fresh clients' writes succeeded from %v after the failover began on", p.fresh.Sub(fo.Start).Round(time.Millisecond))
 	}
 	names := make([]string, 0, len(p.failed)+len(p.recovered))
 	for n := range p.recovered {
@@ -467,7 +491,7 @@ func (f *foFleet) report(t *testing.T, kind string, sh shard, fo testredis.Failo
 		}
 	}
 	slices.Sort(names)
-	var worst time.Duration
+	var worst, back time.Duration
 	for _, n := range names {
 		rec, ok := p.recovered[n]
 		if !ok {
@@ -476,6 +500,7 @@ func (f *foFleet) report(t *testing.T, kind string, sh shard, fo testredis.Failo
 		}
 		after := rec.Sub(ref)
 		worst = max(worst, after)
+		back = max(back, rec.Sub(fo.Start))
 		if after > failoverSlack {
 			t.Errorf("  %s: back %v after the fresh client, want at most %v (%d failed probes, the last: %v)", n, after.Round(time.Millisecond), failoverSlack, p.failed[n], p.lastErr[n])
 		}
@@ -483,7 +508,8 @@ func (f *foFleet) report(t *testing.T, kind string, sh shard, fo testredis.Failo
 	if p.timedOut {
 		t.Errorf("  the probes had not all succeeded 20 times in a row %v after the failover began", probeFor)
 	}
-	t.Logf("  the Managers' Set, Invalidate and TryLock in its slots were all back at most %v after the fresh client (failed probes: %v)", worst.Round(time.Millisecond), p.failed)
+	t.Logf("  the Managers' Set, Invalidate and TryLock in its slots all succeeded from %v after the failover began on, at most %v after the fresh clients (failed probes: %v)",
+		back.Round(time.Millisecond), worst.Round(time.Millisecond), p.failed)
 	f.reportCalls(t, fo)
 }
 
