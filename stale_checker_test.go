@@ -23,8 +23,11 @@ import (
 )
 
 // The stale-set checker: a linearizability checker (porcupine) of the
-// Redis tier against DESIGN property 4, under races, restarts, eviction
-// and latency.
+// Redis tier against DESIGN property 4, under races, restarts, eviction,
+// latency and cluster failovers (planned ones must show no stale read;
+// a master killed may lose acknowledged writes with asynchronous
+// replication, so that configuration reports what it finds and runs only
+// in the long run).
 //
 // A fleet of Managers, each on its own client, caches the items of a source
 // (an in-process map of versions). Writers update an item's source version,
