@@ -24,10 +24,12 @@ import (
 
 // The stale-set checker: a linearizability checker (porcupine) of the
 // Redis tier against DESIGN property 4, under races, restarts, eviction,
-// latency and cluster failovers (planned ones must show no stale read;
-// a master killed may lose acknowledged writes with asynchronous
-// replication, so that configuration reports what it finds and runs only
-// in the long run).
+// latency, and failovers of a cluster's masters and of a Sentinel set-up's,
+// planned and by killing the master. The failover configurations set
+// Options.WaitReplicas: without it, replication being asynchronous, a
+// master that fails over may lose an invalidation it acknowledged, and the
+// checker finds the stale reads that follow. The cluster's killed masters
+// run only in the long run.
 //
 // A fleet of Managers, each on its own client, caches the items of a source
 // (an in-process map of versions). Writers update an item's source version,
@@ -54,8 +56,9 @@ import (
 //
 // The local tier (Options.Local) is off: it is eventually consistent by
 // design. The short run (under a second per configuration; 5s for the
-// Sentinel ones, whose failover takes one or two) is part of the test suite; STOCKPOT_LONG=1 (or a duration, such as STOCKPOT_LONG=2m)
-// runs each configuration that long instead (30s for "1"), as .ci/run does.
+// Sentinel ones, whose failover takes one or two) is part of the test
+// suite; STOCKPOT_LONG=1 (or a duration, such as STOCKPOT_LONG=2m) runs
+// each configuration that long instead (30s for "1"), as .ci/run does.
 
 // TestStaleSetChecker runs the checker on each configuration.
 func TestStaleSetChecker(t *testing.T) {
