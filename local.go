@@ -274,7 +274,15 @@ func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) {
 	}
 	m.local.drop(all, keys)
 	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
-	if err := m.do(context.WithoutCancel(ctx), m.kv, cmd); err != nil {
+	c, addr := m.rdb, ""
+	if r, ok := m.rdb.(*redis.Ring); ok {
+		// A Ring sends PUBLISH, which names no key, to any shard; the
+		// subscriptions are on the channel's shard (Ring.Subscribe).
+		if sc, err := r.GetShardClientForKey(m.local.channel); err == nil {
+			c, addr = sc, sc.Options().Addr
+		}
+	}
+	if err := m.doOn(context.WithoutCancel(ctx), c, addr, m.kv, cmd); err != nil {
 		m.log.Warn("cache: publishing a local-tier invalidation failed; other instances keep their copies until the local TTL", "err", err)
 		return
 	}
