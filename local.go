@@ -335,12 +335,20 @@ func decodeDrop(msg string) (id string, all bool, keys []string, ok bool) {
 // subscribe receives the fleet's drop messages until Close.
 func (m *Manager) subscribe() {
 	t := m.local
-	ps := m.rdb.Subscribe(m.life, t.channel)
+	backoff := 20 * time.Millisecond
+	ps := m.localPubSub()
+	for ps == nil {
+		if sleep(m.life, backoff) != nil {
+			return
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		ps = m.localPubSub()
+	}
 	stop := context.AfterFunc(m.life, func() { _ = ps.Close() })
 	defer stop()
 	defer ps.Close()
 	subscribed := false
-	backoff := 20 * time.Millisecond
+	backoff = 20 * time.Millisecond
 	for {
 		msg, err := ps.Receive(m.life)
 		if m.life.Err() != nil {
@@ -380,6 +388,20 @@ func (m *Manager) subscribe() {
 			m.flights.detachAll()
 		}
 	}
+}
+
+// localPubSub subscribes to the local tier's channel. On a Ring it is the
+// channel's shard's subscription, as Ring.Subscribe makes, or nil while the
+// Ring has no shard up (where Ring.Subscribe panics).
+func (m *Manager) localPubSub() *redis.PubSub {
+	if r, ok := m.rdb.(*redis.Ring); ok {
+		c, err := r.GetShardClientForKey(m.local.channel)
+		if err != nil {
+			return nil
+		}
+		return c.Subscribe(m.life, m.local.channel)
+	}
+	return m.rdb.Subscribe(m.life, m.local.channel)
 }
 
 // LocalStats count the local tier's work.

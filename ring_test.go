@@ -131,3 +131,41 @@ func TestRingShardDownAndBack(t *testing.T) {
 		assert.Equal(t, "v"+strconv.Itoa(i+1), got)
 	}
 }
+
+// TestRingAllShardsDown: a Manager with a local tier made while a Ring has
+// marked every shard down (where Ring.Subscribe panics) serves loaded reads
+// from the loader, and subscribes once a shard is back.
+func TestRingAllShardsDown(t *testing.T) {
+	ctx := t.Context()
+	r := testredis.StartRing(t)
+	rdb := r.ClientWith(t, func(o *redis.RingOptions) {
+		o.HeartbeatFrequency = 20 * time.Millisecond
+		o.DialTimeout = 100 * time.Millisecond
+		o.MaxRetries = -1
+	})
+	for i := range 3 {
+		r.Shard(i).Kill()
+	}
+	require.Eventually(t, func() bool {
+		_, err := rdb.GetShardClientForKey("k")
+		return err != nil
+	}, testredis.Timeout, 5*time.Millisecond, "the Ring to mark every shard down")
+
+	m, err := New(rdb, &Options{Prefix: "test", Local: &LocalOptions{}})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, m) })
+	v, err := GetOrLoad(ctx, m, "k", func(context.Context) (string, error) { return "loaded", nil })
+	require.NoError(t, err)
+	assert.Equal(t, "loaded", v)
+	assert.False(t, m.Stats().Local.Subscribed)
+
+	for i := range 3 {
+		r.Shard(i).Restart()
+	}
+	require.Eventually(t, func() bool { return m.Stats().Local.Subscribed }, testredis.Timeout, 5*time.Millisecond,
+		"the local tier to subscribe once the shards are back")
+	require.NoError(t, m.Set(ctx, "k", "set"))
+	v, err = GetOrLoad(ctx, m, "k", func(context.Context) (string, error) { return "loaded", nil })
+	require.NoError(t, err)
+	assert.Equal(t, "set", v)
+}
