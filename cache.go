@@ -326,7 +326,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.bound = clientBound(rdb)
 	if o.Breaker.Failures > 0 {
 		m.breakers = &breakers{o: o.Breaker, obs: o.Observer}
-		if m.cluster == nil {
+		if _, ring := rdb.(*redis.Ring); m.cluster == nil && !ring {
 			m.breakers.one = newBreaker(o.Breaker, o.Observer, "")
 		}
 	}

@@ -67,7 +67,7 @@ func slotBackoff(ctx context.Context, start time.Time, pause *time.Duration) boo
 type node struct {
 	m    *Manager
 	c    redis.UniversalClient
-	addr string // the master's address on a cluster, for its breaker; else ""
+	addr string // the master's address on a cluster, the shard's on a ring, for its breaker; else ""
 }
 
 // do sends cmd to the node, through the Manager's Redis-call path.
@@ -114,7 +114,9 @@ func (m *Manager) forEachMaster(ctx context.Context, fn func(context.Context, no
 	case *redis.ClusterClient:
 		return m.forEachClusterMaster(ctx, c, fn)
 	case *redis.Ring:
-		return c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error { return fn(ctx, node{m: m, c: n}) })
+		return c.ForEachShard(ctx, func(ctx context.Context, n *redis.Client) error {
+			return fn(ctx, node{m: m, c: n, addr: n.Options().Addr})
+		})
 	}
 	return fn(ctx, node{m: m, c: m.rdb})
 }

@@ -196,14 +196,22 @@ func assertTTL(t testing.TB, want, got time.Duration, wrote time.Time, msgAndArg
 }
 
 // allKeys returns the keys matching pattern on rdb's backend, sorted: on a
-// cluster, from every master (KEYS on a ClusterClient asks one master).
+// cluster, from every master, on a ring from every shard (KEYS on a
+// ClusterClient or a Ring asks one node).
 func allKeys(t testing.TB, rdb redis.UniversalClient, pattern string) []string {
 	t.Helper()
 	ctx := t.Context()
 	var keys []string
-	if c, ok := rdb.(*redis.ClusterClient); ok {
+	var forEach func(context.Context, func(context.Context, *redis.Client) error) error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		forEach = c.ForEachMaster
+	case *redis.Ring:
+		forEach = c.ForEachShard
+	}
+	if forEach != nil {
 		var mu sync.Mutex // protects keys
-		err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		err := forEach(ctx, func(ctx context.Context, n *redis.Client) error {
 			found, err := n.Keys(ctx, pattern).Result()
 			mu.Lock()
 			defer mu.Unlock()

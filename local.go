@@ -278,7 +278,15 @@ func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) {
 	}
 	m.local.drop(all, keys)
 	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
-	if err := m.do(context.WithoutCancel(ctx), m.kv, cmd); err != nil {
+	c, addr := m.rdb, ""
+	if r, ok := m.rdb.(*redis.Ring); ok {
+		// A Ring sends PUBLISH, which names no key, to any shard; the
+		// subscriptions are on the channel's shard (Ring.Subscribe).
+		if sc, err := r.GetShardClientForKey(m.local.channel); err == nil {
+			c, addr = sc, sc.Options().Addr
+		}
+	}
+	if err := m.doOn(context.WithoutCancel(ctx), c, addr, m.kv, cmd); err != nil {
 		m.log.Warn("cache: publishing a local-tier invalidation failed; other instances keep their copies until the local TTL", "err", err)
 		return
 	}
@@ -358,11 +366,19 @@ func (t *localTier) renewSub() {
 // own until ctx ends. subscribed says whether a subscription was up before.
 func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
 	t := m.local
-	ps := m.rdb.Subscribe(ctx, t.channel)
+	backoff := 20 * time.Millisecond
+	ps := m.localPubSub(ctx)
+	for ps == nil {
+		if sleep(ctx, backoff) != nil {
+			return
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		ps = m.localPubSub(ctx)
+	}
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer stop()
 	defer ps.Close()
-	backoff := 20 * time.Millisecond
+	backoff = 20 * time.Millisecond
 	for {
 		msg, err := ps.Receive(ctx)
 		if ctx.Err() != nil {
@@ -402,6 +418,20 @@ func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
 			m.flights.detachAll()
 		}
 	}
+}
+
+// localPubSub subscribes to the local tier's channel, until ctx ends. On
+// a Ring it is the channel's shard's subscription, as Ring.Subscribe makes,
+// or nil while the Ring has no shard up (where Ring.Subscribe panics).
+func (m *Manager) localPubSub(ctx context.Context) *redis.PubSub {
+	if r, ok := m.rdb.(*redis.Ring); ok {
+		c, err := r.GetShardClientForKey(m.local.channel)
+		if err != nil {
+			return nil
+		}
+		return c.Subscribe(ctx, m.local.channel)
+	}
+	return m.rdb.Subscribe(ctx, m.local.channel)
 }
 
 // LocalStats count the local tier's work.

@@ -38,30 +38,46 @@ func waitSubscribed(t *testing.T, ms ...*Manager) {
 	}
 }
 
+// TestLocalTierInvalidatedEverywhere: every write and invalidation on one
+// Manager drops the other's local copies, on every backend. On a cluster
+// both subscribe on the master of the channel's slot, where PUBLISH goes;
+// TestLocalTierClusterAcrossMasters has them on different masters.
 func TestLocalTierInvalidatedEverywhere(t *testing.T) {
-	srv := testredis.Start(t)
-	clock := newClock()
-	a, b := localManager(t, srv, clock), localManager(t, srv, clock)
-	waitSubscribed(t, a, b)
+	testredis.Run(t, func(t *testing.T, be *testredis.Backend) {
+		e := newEnv(t, be)
+		opts := &Options{Local: &LocalOptions{TTL: time.Minute}}
+		a, b := e.manager(opts), e.manager(opts) // subscribed
+		localInvalidatedEverywhere(t, a, b, "")
+		took := deliveries(t, a, b, 60)
+		t.Logf("from the call of Invalidate until the other Manager has the message: median %v, 90th percentile %v",
+			took[len(took)/2], took[len(took)*9/10])
+	})
+}
+
+// localInvalidatedEverywhere checks that every kind of invalidation, and a
+// write, on a drops b's local copies. The names it uses end with n, so that
+// a test can call it again on the same Managers with another n.
+func localInvalidatedEverywhere(t *testing.T, a, b *Manager, n string) {
+	t.Helper()
 	ctx := t.Context()
 	var version atomic.Int64
 	load := func(ctx context.Context, q leaderboardQuery) (int64, error) { return version.Load(), nil }
-	ma, mb := Memoize(a, "board", load, TTL(time.Hour)), Memoize(b, "board", load, TTL(time.Hour))
+	ma, mb := Memoize(a, "board"+n, load, TTL(time.Hour)), Memoize(b, "board"+n, load, TTL(time.Hour))
 	q := leaderboardQuery{"Pune", 5}
 	for _, mm := range []*Memo[leaderboardQuery, int64]{ma, mb, ma, mb} {
 		v, err := mm.Get(ctx, q)
 		require.NoError(t, err)
 		require.Equal(t, int64(0), v)
 	}
-	assert.Equal(t, uint64(1), a.Stats().ByName["memo:board"].LocalHits)
-	assert.Equal(t, uint64(1), b.Stats().ByName["memo:board"].LocalHits)
+	assert.Equal(t, uint64(1), a.Stats().ByName["memo:board"+n].LocalHits)
+	assert.Equal(t, uint64(1), b.Stats().ByName["memo:board"+n].LocalHits)
 
 	// Every kind of invalidation on a reaches b's local tier.
-	h := NewHash[int64](b, "h")
-	for i, target := range []Target{ma.Entry(q), ma.All(), Tag("t"), Key("k"), NewHash[int64](a, "h").Field("f")} {
+	h := NewHash[int64](b, "h"+n)
+	for i, target := range []Target{ma.Entry(q), ma.All(), Tag("t" + n), Key("k" + n), NewHash[int64](a, "h"+n).Field("f")} {
 		version.Store(int64(i + 1))
-		require.NoError(t, b.Set(ctx, "k", version.Load(), Tags("t")))
-		_, err := GetOrLoad(ctx, b, "k", func(context.Context) (int64, error) { return -1, nil }) // b keeps k locally
+		require.NoError(t, b.Set(ctx, "k"+n, version.Load(), Tags("t"+n)))
+		_, err := GetOrLoad(ctx, b, "k"+n, func(context.Context) (int64, error) { return -1, nil }) // b keeps k locally
 		require.NoError(t, err)
 		_, err = h.GetOrLoad(ctx, "f", func(context.Context, string) (int64, error) { return version.Load(), nil })
 		require.NoError(t, err)
@@ -75,10 +91,10 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 			}, testredis.Timeout, time.Millisecond, "b to see the invalidation of %v", target)
 		case targetTag, targetKey:
 			require.Eventually(t, func() bool {
-				r := localRef{slot: localSlot{name: "k", space: spaceKeys}} // where GetOrLoad keeps it
+				r := localRef{slot: localSlot{name: "k" + n, space: spaceKeys}} // where GetOrLoad keeps it
 				_, ok := localGet[struct{}, int64](b, b.kv, &r, nil)
 				return !ok
-			}, testredis.Timeout, time.Millisecond, "b's copy of k to be dropped by %v", target)
+			}, testredis.Timeout, time.Millisecond, "b's copy of k%s to be dropped by %v", n, target)
 		case targetField:
 			require.Eventually(t, func() bool {
 				r := b.local.nameRef(h.ref("f"))
@@ -92,12 +108,12 @@ func TestLocalTierInvalidatedEverywhere(t *testing.T) {
 	assert.Positive(t, a.Stats().Local.Sent)
 
 	// A write on one drops the other's copy too.
-	require.NoError(t, b.Set(ctx, "menu", "v1"))
-	_, err := GetOrLoad(ctx, a, "menu", func(context.Context) (string, error) { return "", nil })
+	require.NoError(t, b.Set(ctx, "menu"+n, "v1"))
+	_, err := GetOrLoad(ctx, a, "menu"+n, func(context.Context) (string, error) { return "", nil })
 	require.NoError(t, err)
-	require.NoError(t, b.Set(ctx, "menu", "v2"))
+	require.NoError(t, b.Set(ctx, "menu"+n, "v2"))
 	require.Eventually(t, func() bool {
-		v, err := GetOrLoad(ctx, a, "menu", func(context.Context) (string, error) { return "", nil })
+		v, err := GetOrLoad(ctx, a, "menu"+n, func(context.Context) (string, error) { return "", nil })
 		return err == nil && v == "v2"
 	}, testredis.Timeout, time.Millisecond, "a's copy to be dropped by b's write")
 }

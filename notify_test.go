@@ -146,6 +146,15 @@ func counted[T any](n *atomic.Int32, v T) func(context.Context) (T, error) {
 	}
 }
 
+// skipWithoutNotices skips a test of the lease notices on a ring, which has
+// none: its waiters poll the lease (TestNotifyRingPolls).
+func skipWithoutNotices(t *testing.T, b *testredis.Backend) {
+	t.Helper()
+	if b.Ring != nil {
+		t.Skip("a Ring has no lease notices: its waiters poll the lease (TestNotifyRingPolls)")
+	}
+}
+
 // awaitMarked waits until the lease (or lock) key is marked as awaited: a
 // waiter has subscribed to its notices and marked it, so that the holder's
 // end will publish it.
@@ -194,13 +203,18 @@ func quiet(t *testing.T, c *cmdCount, what string) {
 }
 
 // masters returns a client on each master of b (the server itself on a
-// single node), for INFO and PUBSUB, closed in cleanup.
+// single node, each shard on a ring), for INFO and PUBSUB, closed in
+// cleanup.
 func masters(t *testing.T, b *testredis.Backend) []*redis.Client {
 	t.Helper()
 	var addrs []string
 	switch {
 	case b.Cluster != nil:
 		addrs = b.Cluster.Addrs()
+	case b.Ring != nil:
+		for _, name := range b.Ring.Names() {
+			addrs = append(addrs, b.Ring.Addrs()[name])
+		}
 	case b.Server != nil:
 		addrs = []string{b.Server.Addr()}
 	default:
@@ -261,6 +275,7 @@ func publishes(t *testing.T, nodes []*redis.Client) int64 {
 // the holder's value as soon as it is stored, long before its poll.
 func TestNotifyWaiterIsTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -293,6 +308,7 @@ func TestNotifyWaiterIsTold(t *testing.T) {
 // processes is told of each end, and returns once both are stored.
 func TestNotifyBatchWaiterIsTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a1, a2 := managerOn(t, e, e.b.Client(t), opts), managerOn(t, e, e.b.Client(t), opts)
@@ -344,6 +360,7 @@ func TestNotifyBatchWaiterIsTold(t *testing.T) {
 // is not needed: it still returns the value at once.
 func TestNotifyLostSubscription(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		if b.Mini != nil {
 			t.Skip("miniredis has no CLIENT KILL")
 		}
@@ -407,6 +424,7 @@ func TestNotifyLostSubscription(t *testing.T) {
 // A's version 1, which no longer is the key's value.
 func TestNotifyVoidedHolder(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -451,6 +469,7 @@ func TestNotifyVoidedHolder(t *testing.T) {
 // store, not only of A's end or at its poll (LeaseTTL/2 later).
 func TestNotifyVoidedHolderNewLoadTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -484,6 +503,7 @@ func TestNotifyVoidedHolderNewLoadTold(t *testing.T) {
 // invalidation.
 func TestNotifyVoidedHolderLeaseFreeTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -524,6 +544,7 @@ func TestNotifyToldWhenHolderFails(t *testing.T) {
 	for name, fail := range fails {
 		t.Run(name, func(t *testing.T) {
 			testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+				skipWithoutNotices(t, b)
 				e := newEnv(t, b)
 				opts := Options{LeaseTTL: notifyLeaseTTL}
 				a := managerOn(t, e, e.b.Client(t), opts)
@@ -561,6 +582,7 @@ func TestNotifyToldWhenHolderFails(t *testing.T) {
 // notice each; no mark is left behind.
 func TestNotifyNoPublishUncontended(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -623,6 +645,7 @@ func TestNotifyNoPublishUncontended(t *testing.T) {
 // returns at once, leaving no goroutine behind.
 func TestNotifyLockWaiterTold(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		a := managerOn(t, e, e.b.Client(t), Options{})
 		bm, count := countedManager(t, e, Options{})
@@ -674,6 +697,7 @@ func TestNotifyLockWaiterTold(t *testing.T) {
 // instead of waiting its retry of a minute.
 func TestNotifyLockToldAfterMarkRace(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		a := managerOn(t, e, e.b.Client(t), Options{})
 		c := managerOn(t, e, e.b.Client(t), Options{})
@@ -727,6 +751,7 @@ func TestNotifyLockToldAfterMarkRace(t *testing.T) {
 // told of the Release.
 func TestNotifyLockWaiterToldAfterRefresh(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		a := managerOn(t, e, e.b.Client(t), Options{})
 		bm := managerOn(t, e, e.b.Client(t), Options{})
@@ -763,6 +788,7 @@ func TestNotifyLockWaiterToldAfterRefresh(t *testing.T) {
 // others, and the lock passes from one to the next at once.
 func TestNotifyLockWaitersTakeTurns(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		a := managerOn(t, e, e.b.Client(t), Options{})
 		ctx := t.Context()
@@ -825,6 +851,7 @@ func (h *beforeAfter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 // goroutines end.
 func TestNotifyCloseWhileWaiting(t *testing.T) {
 	testredis.Run(t, func(t *testing.T, b *testredis.Backend) {
+		skipWithoutNotices(t, b)
 		e := newEnv(t, b)
 		opts := Options{LeaseTTL: notifyLeaseTTL}
 		a := managerOn(t, e, e.b.Client(t), opts)
@@ -952,6 +979,9 @@ func TestNotifyRingPolls(t *testing.T) {
 		}
 		addr := masters(t, b)[0].Options().Addr
 		ring := func() *redis.Ring {
+			if b.Ring != nil {
+				return b.Ring.Client(t) // three shards
+			}
 			r := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"one": addr}})
 			t.Cleanup(func() { _ = r.Close() })
 			return r
@@ -977,6 +1007,6 @@ func TestNotifyRingPolls(t *testing.T) {
 		assert.Equal(t, "from A", r.v)
 		assert.Equal(t, "from A", testredis.Recv(t, aGot, "A's value").v)
 		assert.Equal(t, int32(1), aLoads.Load()+bLoads.Load(), "loads")
-		assert.Empty(t, allKeys(t, masters(t, b)[0], "*"+awaitedSuffix), "marks made on a ring")
+		assert.Empty(t, allKeys(t, a.Client(), "*"+awaitedSuffix), "marks made on a ring")
 	})
 }

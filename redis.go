@@ -452,9 +452,10 @@ func (m *Manager) reloadSlots(ctx context.Context) {
 }
 
 // breakerFor returns the breaker of the node a call of cmd goes to: the
-// only one, the node at addr, or on a cluster the master of cmd's key (the
+// only one, the node at addr, on a cluster the master of cmd's key (the
 // cluster's as a whole while go-redis has not loaded its slots, or for a
-// command without a key).
+// command without a key), on a ring the shard of cmd's key (the ring's as
+// a whole for a command without a key, or when no shard is up).
 func (m *Manager) breakerFor(ctx context.Context, addr string, cmd redis.Cmder) *breaker {
 	bs := m.breakers
 	switch {
@@ -462,14 +463,20 @@ func (m *Manager) breakerFor(ctx context.Context, addr string, cmd redis.Cmder) 
 		return bs.one
 	case addr != "":
 		return bs.of(addr)
-	case cmd == nil || !m.slotsKnown.Load():
+	case cmd == nil || (m.cluster != nil && !m.slotsKnown.Load()):
 		return bs.of("")
 	}
 	key := cmdKey(cmd)
 	if key == "" {
 		return bs.of("")
 	}
-	n, err := m.cluster.MasterForKey(ctx, key)
+	var n *redis.Client
+	var err error
+	if ring, ok := m.rdb.(*redis.Ring); ok {
+		n, err = ring.GetShardClientForKey(key)
+	} else {
+		n, err = m.cluster.MasterForKey(ctx, key)
+	}
 	if err != nil {
 		return bs.of("")
 	}

@@ -29,18 +29,20 @@ import (
 // replies (a miss, a script error) are not failures, nor is a call cut
 // short by its caller's context, which says nothing about Redis.
 //
-// There is one breaker per node the calls go to: one for a single node, a
-// Sentinel set-up or a Ring, and on a Redis Cluster one per master, found
-// from the key of each call (ClusterClient.MasterForKey). A master that
-// cannot be reached opens its own breaker only: the keys of the other
-// masters keep using Redis, and the calls to that master's keys fail at
-// once instead of each paying its budget. A breaker never stands between
-// the client and its own work: go-redis reloads the cluster's slots on a
-// redirect, and a call that could not reach its node, got no reply in its
-// budget or was refused by an open breaker asks it to (ReloadState, at
-// most once a second, see reloadSlots), so a failover moves the keys to
-// the promoted replica, with a breaker of its own, within about a second
-// of the nodes agreeing on it, breaker or none.
+// There is one breaker per node the calls go to: one for a single node or
+// a Sentinel set-up, on a Redis Cluster one per master, found from the key
+// of each call (ClusterClient.MasterForKey), and on a Ring one per shard
+// (Ring.GetShardClientForKey). A master or shard that cannot be reached
+// opens its own breaker only: the keys of the others keep using Redis, and
+// the calls to its keys fail at once instead of each paying its budget
+// (on a Ring, until the Ring marks the shard down and moves its keys to the
+// others). A breaker never stands between the client and its own work:
+// go-redis reloads the cluster's slots on a redirect, and a call that could
+// not reach its node, got no reply in its budget or was refused by an open
+// breaker asks it to (ReloadState, at most once a second, see
+// reloadSlots), so a failover moves the keys to the promoted replica, with
+// a breaker of its own, within about a second of the nodes agreeing on it,
+// breaker or none.
 //
 // With the breaker open or Redis failing, loaded reads (GetOrLoad,
 // Memo.Get, Hash.GetOrLoad) call the loader and return its value, counted
@@ -170,12 +172,12 @@ func (b *breaker) flush() {
 type breakers struct {
 	o     BreakerOptions
 	obs   Observer
-	one   *breaker // the breaker of a client that is not a cluster
-	nodes sync.Map // on a cluster: node address → *breaker
+	one   *breaker // the breaker of a client that is not a cluster or a ring
+	nodes sync.Map // on a cluster or a ring: node address → *breaker
 }
 
-// of returns the breaker of the node at addr ("" for the cluster as a
-// whole), made on first use.
+// of returns the breaker of the node at addr ("" for the cluster or ring
+// as a whole), made on first use.
 func (bs *breakers) of(addr string) *breaker {
 	if bs.one != nil {
 		return bs.one
@@ -220,8 +222,9 @@ func unavailable(err error) error {
 
 // BreakerState returns the state of the circuit breaker: "closed" (Redis
 // in use), "open" (failing fast) or "half-open" (probing); "off" without
-// one. On a cluster, with a breaker per master, it is the state of the
-// least healthy one ("open" when any is open); Stats.Breakers has each.
+// one. On a cluster or a ring, with a breaker per master or shard, it is
+// the state of the least healthy one ("open" when any is open);
+// Stats.Breakers has each.
 func (m *Manager) BreakerState() string {
 	if m.breakers == nil {
 		return "off"
@@ -244,7 +247,7 @@ func (m *Manager) BreakerState() string {
 }
 
 // nodeBreakerStates returns the state of each node's breaker, by address,
-// on a cluster; nil otherwise.
+// on a cluster or a ring; nil otherwise.
 func (m *Manager) nodeBreakerStates() map[string]string {
 	if m.breakers == nil || m.breakers.one != nil {
 		return nil

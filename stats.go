@@ -173,11 +173,13 @@ type Stats struct {
 	// Local counts the in-process tier's work; zero without one.
 	Local LocalStats
 	// Breaker is the circuit breaker's state: "closed", "open", "half-open"
-	// or "off". On a cluster it is the least healthy master's.
+	// or "off". On a cluster or a ring it is the least healthy master's or
+	// shard's.
 	Breaker string
-	// Breakers has the state of each master's breaker on a cluster, by
-	// address ("cluster" for the calls made before the client knew the
-	// masters); nil otherwise.
+	// Breakers has the state of each master's breaker on a cluster, or
+	// each shard's on a ring, by address ("cluster" for the calls made
+	// before the client knew the masters, or on a ring without a key);
+	// nil otherwise.
 	Breakers map[string]string
 }
 

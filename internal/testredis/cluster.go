@@ -569,22 +569,25 @@ func SharedCluster(t testing.TB) *Cluster {
 // goes on with the ID of the test process and a random suffix.
 const sharedDirPrefix = "testredis-cluster-"
 
-// removeStaleDirs removes the shared clusters' directories left behind by
+// removeStaleDirs removes the shared clusters' and rings' directories left behind by
 // test processes that have exited without calling Main (a test binary that
 // timed out, say); their redis-servers died with them.
 func removeStaleDirs() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), sharedDirPrefix+"*-*"))
-	for _, d := range dirs {
-		pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), sharedDirPrefix), "-")
-		if n, err := strconv.Atoi(pid); err == nil && n != os.Getpid() && processGone(n) {
-			_ = os.RemoveAll(d)
+	for _, prefix := range []string{sharedDirPrefix, sharedRingDirPrefix} {
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*-*"))
+		for _, d := range dirs {
+			pid, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), prefix), "-")
+			if n, err := strconv.Atoi(pid); err == nil && n != os.Getpid() && processGone(n) {
+				_ = os.RemoveAll(d)
+			}
 		}
 	}
 }
 
-// StopShared stops the cluster that Run shares between tests, if one was
-// started, and removes its directory. Main calls it.
+// StopShared stops the cluster and the ring that Run shares between tests,
+// if they were started, and removes their directories. Main calls it.
 func StopShared() {
+	stopSharedRing()
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.c != nil {
@@ -594,7 +597,7 @@ func StopShared() {
 	shared.c, shared.dir, shared.err = nil, "", nil
 }
 
-// Main runs m's tests, stops the cluster Run shares between them, and
+// Main runs m's tests, stops the cluster and ring Run shares between them, and
 // returns the exit code for os.Exit. A package whose tests use Run calls it
 // from TestMain:
 //

@@ -2,13 +2,15 @@
 //
 // It gives a test an in-process miniredis ([Mini]), a real redis-server
 // process on a free loopback port ([Start]) that the test can kill and
-// restart to inject faults, or a real Redis Cluster of three masters
-// ([StartCluster]) whose slots the test can move between masters, a
-// replica of a server ([Server.StartReplica]), or a Sentinel set-up of a
-// master, a replica and three sentinels ([StartSentinel]) that the test can
-// fail over, planned or by killing the master. [Run]
-// runs one behaviour test against all three, and [Backend.FastForward] moves
-// TTLs forward on any of them, so tests never sleep for expiry.
+// restart to inject faults, a real Redis Cluster of three masters
+// ([StartCluster]) whose slots the test can move between masters, three
+// real servers as the shards of a redis.Ring ([StartRing]), any of which
+// the test can kill, a replica of a server ([Server.StartReplica]), or a
+// Sentinel set-up of a master, a replica and three sentinels
+// ([StartSentinel]) that the test can fail over, planned or by killing the
+// master. [Run] runs one behaviour test against miniredis, a server, the
+// cluster and the ring, and [Backend.FastForward] moves TTLs forward on any
+// of them, so tests never sleep for expiry.
 //
 // Tests that need a real server skip with a loud message when redis-server
 // (or, for a cluster, redis-cli; for Sentinel, redis-sentinel) is not on
@@ -548,16 +550,18 @@ func required() bool {
 }
 
 // Backend is one Redis to run a behaviour test against: an in-process
-// miniredis, a real redis-server, or a Redis Cluster.
+// miniredis, a real redis-server, a Redis Cluster, or a redis.Ring.
 type Backend struct {
-	Name    string               // "miniredis", "redis" or "cluster"
+	Name    string               // "miniredis", "redis", "cluster" or "ring"
 	Mini    *miniredis.Miniredis // set on miniredis only
 	Server  *Server              // set on a real server only
 	Cluster *Cluster             // set on a cluster only
+	Ring    *Ring                // set on a ring only
 }
 
 // Client returns a new client on the backend, closed in t.Cleanup: a
-// *redis.ClusterClient on a cluster, else a *redis.Client. Several calls
+// *redis.ClusterClient on a cluster, a *redis.Ring on a ring, else a
+// *redis.Client. Several calls
 // give several connection pools on the same data, as several processes of a
 // fleet would have.
 func (b *Backend) Client(t testing.TB) redis.UniversalClient {
@@ -565,6 +569,8 @@ func (b *Backend) Client(t testing.TB) redis.UniversalClient {
 	switch {
 	case b.Cluster != nil:
 		return b.Cluster.Client(t)
+	case b.Ring != nil:
+		return b.Ring.Client(t)
 	case b.Server != nil:
 		return b.Server.Client(t)
 	}
@@ -574,13 +580,15 @@ func (b *Backend) Client(t testing.TB) redis.UniversalClient {
 }
 
 // FastForward moves every TTL on the backend forward by d, expiring the keys
-// whose TTL runs out: miniredis's FastForward, [Server.FastForward] or
-// [Cluster.FastForward].
+// whose TTL runs out: miniredis's FastForward, [Server.FastForward],
+// [Cluster.FastForward] or [Ring.FastForward].
 func (b *Backend) FastForward(t testing.TB, d time.Duration) {
 	t.Helper()
 	switch {
 	case b.Cluster != nil:
 		b.Cluster.FastForward(t, d)
+	case b.Ring != nil:
+		b.Ring.FastForward(t, d)
 	case b.Server != nil:
 		b.Server.FastForward(t, d)
 	default:
@@ -589,14 +597,16 @@ func (b *Backend) FastForward(t testing.TB, d time.Duration) {
 }
 
 // Run runs fn as a subtest once per backend: "miniredis" on a fresh
-// miniredis; "redis" on a fresh real server from [Start]; and "cluster" on a
-// Redis Cluster of three masters. The cluster is shared by the tests of the
-// test binary, because starting one takes seconds: it is started by the
-// first test that needs it, has every key deleted (FLUSHALL on every master)
-// before each test, and is stopped by [Main]. So a test must leave its
-// topology as it found it; one that moves slots starts its own with
-// [StartCluster]. The real-Redis subtests skip or fail as Start and
-// StartCluster do when redis-server or redis-cli is missing.
+// miniredis; "redis" on a fresh real server from [Start]; "cluster" on a
+// Redis Cluster of three masters; and "ring" on a redis.Ring over three
+// real servers. The cluster is shared by the tests of the test binary,
+// because starting one takes seconds, and so is the ring: each is started by
+// the first test that needs it, has every key deleted (FLUSHALL on every
+// master or shard) before each test, and is stopped by [Main]. So a test
+// must leave its topology as it found it; one that moves slots starts its
+// own with [StartCluster], one that kills a shard its own with [StartRing].
+// The real-Redis subtests skip or fail as Start and StartCluster do when
+// redis-server or redis-cli is missing.
 //
 // The subtests' names select backends: go test -run 'TestX/cluster'.
 func Run(t *testing.T, fn func(t *testing.T, b *Backend)) {
@@ -609,5 +619,8 @@ func Run(t *testing.T, fn func(t *testing.T, b *Backend)) {
 	})
 	t.Run("cluster", func(t *testing.T) {
 		fn(t, &Backend{Name: "cluster", Cluster: sharedCluster(t)})
+	})
+	t.Run("ring", func(t *testing.T) {
+		fn(t, &Backend{Name: "ring", Ring: sharedRing(t)})
 	})
 }
