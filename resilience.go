@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,8 +78,9 @@ type BreakerOptions struct {
 // the change is queued there and told once the call's outcome is recorded.
 type breaker struct {
 	cb   *gobreaker.TwoStepCircuitBreaker[struct{}]
-	obs  Observer // nil for none
-	node string   // the node's address; "" for the only node, or a cluster whose slots are not known yet
+	obs  Observer     // nil for none
+	node string       // the node's address; "" for the only node, or a cluster whose slots are not known yet
+	used atomic.Int64 // when a call last asked to go through, Unix ns
 
 	mu      sync.Mutex // protects pending
 	pending []gobreaker.State
@@ -87,6 +89,7 @@ type breaker struct {
 
 func newBreaker(o BreakerOptions, obs Observer, node string) *breaker {
 	b := &breaker{obs: obs, node: node}
+	b.used.Store(time.Now().UnixNano())
 	failures := uint32(o.Failures)
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		OnStateChange: func(_ string, _, to gobreaker.State) {
@@ -127,6 +130,7 @@ type ticket struct {
 // allow lets a call through b, or returns an error matching ErrUnavailable
 // when b is open (or half-open with its probes out).
 func (b *breaker) allow() (ticket, error) {
+	b.used.Store(time.Now().UnixNano())
 	done, err := b.cb.Allow()
 	if err != nil {
 		if b.obs != nil {
@@ -223,8 +227,8 @@ func unavailable(err error) error {
 // BreakerState returns the state of the circuit breaker: "closed" (Redis
 // in use), "open" (failing fast) or "half-open" (probing); "off" without
 // one. On a cluster or a ring, with a breaker per master or shard, it is
-// the state of the least healthy one ("open" when any is open);
-// Stats.Breakers has each.
+// the state of the least healthy one ("open" when any is open) of those a
+// call went to in the last 10s (see breakerIdle); Stats.Breakers has each.
 func (m *Manager) BreakerState() string {
 	if m.breakers == nil {
 		return "off"
@@ -233,8 +237,8 @@ func (m *Manager) BreakerState() string {
 		return m.breakers.one.cb.State().String()
 	}
 	worst := gobreaker.StateClosed
-	m.breakers.nodes.Range(func(_, v any) bool {
-		switch s := v.(*breaker).cb.State(); {
+	m.breakers.inUse(func(_ string, b *breaker) bool {
+		switch s := b.cb.State(); {
 		case s == gobreaker.StateOpen:
 			worst = s
 			return false
@@ -253,13 +257,34 @@ func (m *Manager) nodeBreakerStates() map[string]string {
 		return nil
 	}
 	out := make(map[string]string)
-	m.breakers.nodes.Range(func(k, v any) bool {
-		node := k.(string)
+	m.breakers.inUse(func(node string, b *breaker) bool {
 		if node == "" {
 			node = "cluster"
 		}
-		out[node] = v.(*breaker).cb.State().String()
+		out[node] = b.cb.State().String()
 		return true
 	})
 	return out
+}
+
+// breakerIdle is how long a node's breaker may go without a call before
+// it is dropped: the node is no longer one the calls go to (a master that
+// failed over, a shard a Ring dropped), or none of its keys was used. A
+// node that is used again gets a new, closed breaker.
+const breakerIdle = 10 * time.Second
+
+// inUse calls fn with each node's breaker, by address, until fn returns
+// false, first dropping those no call has asked to go through for
+// breakerIdle: a node that failed over would otherwise keep reporting the
+// state it had when its last call went to it.
+func (bs *breakers) inUse(fn func(node string, b *breaker) bool) {
+	idle := time.Now().Add(-breakerIdle).UnixNano()
+	bs.nodes.Range(func(k, v any) bool {
+		b := v.(*breaker)
+		if b.used.Load() < idle {
+			bs.nodes.CompareAndDelete(k, v)
+			return true
+		}
+		return fn(k.(string), b)
+	})
 }

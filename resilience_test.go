@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -460,4 +461,29 @@ func TestClusterMasterDownOpensItsBreakerOnly(t *testing.T) {
 		return err == nil && m.Stats().ByName["keys"].Hits > before
 	}, testredis.Timeout, 20*time.Millisecond, "the master's keys are read from Redis once it answers again")
 	assert.Equal(t, "closed", m.Stats().Breakers[addrs[0]])
+}
+
+// TestBreakerOfFormerNodeDropped: on a cluster, the breaker of a node no
+// call has gone to for breakerIdle (a master that failed over and came
+// back as a replica) no longer makes BreakerState "open", nor appears in
+// Stats.Breakers; a call to that address again starts a closed breaker.
+func TestBreakerOfFormerNodeDropped(t *testing.T) {
+	c := testredis.SharedCluster(t)
+	m, err := New(c.Client(t), &Options{Prefix: "idle"})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, m) })
+	const gone = "127.0.0.1:1"
+	b := m.breakers.of(gone)
+	for range 5 {
+		tk, err := b.allow()
+		require.NoError(t, err)
+		tk.record(syscall.ECONNREFUSED)
+	}
+	require.Equal(t, "open", m.BreakerState())
+	require.Equal(t, "open", m.Stats().Breakers[gone])
+
+	b.used.Store(time.Now().Add(-breakerIdle - time.Second).UnixNano())
+	require.Equal(t, "closed", m.BreakerState(), "a breaker no call went to for breakerIdle")
+	require.NotContains(t, m.Stats().Breakers, gone)
+	require.Equal(t, "closed", m.breakers.of(gone).cb.State().String(), "the address used again")
 }

@@ -174,12 +174,13 @@ type Stats struct {
 	Local LocalStats
 	// Breaker is the circuit breaker's state: "closed", "open", "half-open"
 	// or "off". On a cluster or a ring it is the least healthy master's or
-	// shard's.
+	// shard's, of those a call went to in the last 10s: a master that
+	// failed over, or a shard the Ring dropped, is left out then.
 	Breaker string
 	// Breakers has the state of each master's breaker on a cluster, or
 	// each shard's on a ring, by address ("cluster" for the calls made
-	// before the client knew the masters, or on a ring without a key);
-	// nil otherwise.
+	// before the client knew the masters, or on a ring without a key), of
+	// those a call went to in the last 10s; nil otherwise.
 	Breakers map[string]string
 }
 
