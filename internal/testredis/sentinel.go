@@ -31,6 +31,11 @@ const (
 	// and half the time a sentinel waits before leading a failover of a
 	// master it led or voted on a failover of.
 	sentinelFailoverTimeout = 3000
+	// switchTimeout bounds the wait for the sentinels to name a new master.
+	// A failover takes 1–3 s, but an election the sentinels fail (their
+	// votes split) is tried again only 2 × failover-timeout later: one such
+	// failover took 7.8 s.
+	switchTimeout = 2 * Timeout
 )
 
 // Sentinel is a Redis Sentinel set-up of real processes on loopback ports: a
@@ -373,12 +378,12 @@ func (s *Sentinel) KillMaster(t testing.TB) (killed *Server, took time.Duration)
 }
 
 // waitSwitch waits until every sentinel names a data node other than old the
-// master, and that node says role:master, failing t after Timeout. It
+// master, and that node says role:master, failing t after switchTimeout. It
 // returns the new master and the time since start.
 func (s *Sentinel) waitSwitch(t testing.TB, old string, start time.Time) (*Server, time.Duration) {
 	t.Helper()
 	var addr string
-	err := pollFor(Timeout, func(ctx context.Context) error {
+	err := pollFor(switchTimeout, func(ctx context.Context) error {
 		var err error
 		if addr, err = s.masterAddr(ctx); err != nil {
 			return err
