@@ -236,15 +236,17 @@ func TestRemoveStaleDirs(t *testing.T) {
 	}
 	exited := exec.Command("true")
 	require.NoError(t, exited.Run())
-	stale := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-test", sharedDirPrefix, exited.Process.Pid))
-	live := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-test", sharedDirPrefix, os.Getppid()))
-	for _, d := range []string{stale, live} {
-		require.NoError(t, os.MkdirAll(d, 0o755))
-		t.Cleanup(func() { _ = os.RemoveAll(d) })
+	for _, prefix := range []string{sharedDirPrefix, sharedRingDirPrefix} {
+		stale := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-test", prefix, exited.Process.Pid))
+		live := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-test", prefix, os.Getppid()))
+		for _, d := range []string{stale, live} {
+			require.NoError(t, os.MkdirAll(d, 0o755))
+			t.Cleanup(func() { _ = os.RemoveAll(d) })
+		}
+
+		removeStaleDirs()
+
+		require.NoDirExists(t, stale, "the directory of an exited process is removed")
+		require.DirExists(t, live, "the directory of a running process stays")
 	}
-
-	removeStaleDirs()
-
-	require.NoDirExists(t, stale, "the directory of an exited process is removed")
-	require.DirExists(t, live, "the directory of a running process stays")
 }
