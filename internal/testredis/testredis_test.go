@@ -162,6 +162,12 @@ func TestRun(t *testing.T) {
 			require.Nil(t, b.Server)
 			require.NotNil(t, b.Cluster)
 			require.IsType(t, &redis.ClusterClient{}, b.Client(t))
+		case "ring":
+			require.Nil(t, b.Mini)
+			require.Nil(t, b.Server)
+			require.Nil(t, b.Cluster)
+			require.NotNil(t, b.Ring)
+			require.IsType(t, &redis.Ring{}, b.Client(t))
 		}
 		ctx := t.Context()
 
@@ -186,7 +192,7 @@ func TestRun(t *testing.T) {
 			require.Subset(t, names, []string{"miniredis", "redis"})
 		}
 		if required() {
-			require.Equal(t, []string{"miniredis", "redis", "cluster"}, names)
+			require.Equal(t, []string{"miniredis", "redis", "cluster", "ring"}, names)
 		}
 	}
 }
