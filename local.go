@@ -413,9 +413,9 @@ func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
 			if !ok || id == t.id {
 				continue
 			}
-			t.received.Add(1)
 			t.drop(all, keys)
 			m.flights.detachAll()
+			t.received.Add(1) // once applied: a caller that sees it sees the drop
 		}
 	}
 }
@@ -444,7 +444,7 @@ type LocalStats struct {
 	Evictions       uint64 // entries evicted for room
 	Clears          uint64 // times the whole tier was dropped
 	Sent            uint64 // invalidation messages published
-	Received        uint64 // invalidation messages received from other Managers
+	Received        uint64 // invalidation messages received from other Managers and applied
 	Resubscriptions uint64 // subscriptions restored after a drop
 }
 
