@@ -47,8 +47,10 @@ import (
 // other memo. A memo of one shard (the default) keeps the unsharded
 // layout. Which shard holds an entry is shardOf its ARG (the argument's
 // text, as argKey or userKey write it after the entry infix), fixed with
-// the layout: changing it, like changing N, makes every entry a miss. Keys the application keeps itself (Manager.Key) are P followed by
-// its own name: names that do not start with '{' never meet the cache's.
+// the layout: changing it, like changing N, makes every entry a miss.
+//
+// Keys the application keeps itself (Manager.Key) are P followed by its
+// own name: names that do not start with '{' never meet the cache's.
 
 // escape escapes '%' and '}' in s.
 func escape(s string) string {

@@ -75,6 +75,9 @@ func (m *Manager) replicated(ctx context.Context, st *counters, keys ...string) 
 	if err != nil {
 		return err
 	}
+	if len(targets) == 0 { // a Ring with no shard up: nobody to ask
+		return fmt.Errorf("%w: no master to ask", ErrNotReplicated)
+	}
 	wait := m.opts.WaitReplicasTimeout
 	// The WAIT may take its whole timeout: that is not Redis being slow.
 	if m.opts.Timeout > 0 {
