@@ -7,7 +7,6 @@ import (
 	mrand "math/rand/v2"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -281,19 +280,17 @@ func startLoad[T any](ctx context.Context, m *Manager, es []entry, idx []int, fo
 	}
 }
 
-// held is what a load holds for each of its entries, by index: its lease
-// token, and what its value is stored under.
+// held is what a load holds: the token its entries' leases hold, and, for
+// each entry by index, what its value is stored under.
 type held struct {
-	tokens []string
-	wants  []expect // the container's and the tags' generations
-	force  bool     // a forced load (Refresh), which deletes the old value when its store is refused
+	token string   // what each of its leases holds
+	wants []expect // the container's and the tags' generations
+	force bool     // a forced load (Refresh), which deletes the old value when its store is refused
 }
 
 func newHeld(es []entry, force bool) *held {
-	h := &held{tokens: make([]string, len(es)), wants: make([]expect, len(es)), force: force}
-	base := newToken() + ":"
+	h := &held{token: newToken(), wants: make([]expect, len(es)), force: force}
 	for i := range es {
-		h.tokens[i] = base + strconv.Itoa(i)
 		h.wants[i].tags = es[i].tags
 	}
 	return h
@@ -576,7 +573,9 @@ type acquired struct {
 // while a value is there holds a lease it may not need: the caller takes
 // the value or loads it, and releases the leases it does not load. It
 // returns what it found, in the order of idx. With peek, it only reads:
-// it takes no lease and makes no generation.
+// it takes no lease and makes no generation. A forced load (hd.force)
+// takes no value it did not load, so it reads none: only the leases and
+// the generations.
 func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *held, peek bool) ([]acquired, error) {
 	type valueAt struct {
 		cmd redis.Cmder // a SliceCmd (MGET, HMGET) or a StringCmd (GET)
@@ -600,6 +599,9 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 			genAt := make(map[string]int) // generation key -> its place in keys
 			for _, i := range group {
 				ref := &es[i].ref
+				if hd.force && !peek {
+					continue
+				}
 				if ref.field == "" {
 					keys = append(keys, ref.key)
 					strs = append(strs, pos[i])
@@ -618,7 +620,7 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 			}
 			if !peek {
 				for _, i := range group {
-					leases[pos[i]] = p.SetNX(ctx, es[i].ref.lease, hd.tokens[i], m.opts.LeaseTTL)
+					leases[pos[i]] = p.SetNX(ctx, es[i].ref.lease, hd.token, m.opts.LeaseTTL)
 				}
 			}
 			if len(keys) > 0 {
@@ -683,6 +685,9 @@ func (m *Manager) acquireMany(ctx context.Context, es []entry, idx []int, hd *he
 				}
 				continue
 			}
+		}
+		if vals[j].cmd == nil {
+			continue // not read: a forced load
 		}
 		v, ok := replyAt(vals[j].cmd, vals[j].at)
 		if !ok {
@@ -766,7 +771,7 @@ func (m *Manager) releaseManyNow(es []entry, idx []int, hd *held) {
 	for g, group := range groups {
 		for _, i := range group {
 			calls[g].keys = append(calls[g].keys, es[i].ref.lease)
-			calls[g].args = append(calls[g].args, hd.tokens[i])
+			calls[g].args = append(calls[g].args, hd.token)
 		}
 		calls[g].args = append(calls[g].args, m.notes.channelOf(es[group[0]].ref.lease), m.notes.publisher())
 	}
@@ -909,21 +914,29 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 		idx[j], at[w.i] = w.i, j
 		m.pending.stored(w.keep)
 	}
-	groups := m.scriptGroups(es, idx)
+	groups := m.storeGroups(es, idx, hd)
 	calls := make([]scriptCall, len(groups))
 	for g, group := range groups {
-		keys := make([]string, 0, 3*len(group))
-		args := make([]any, 3, 3+6*len(group))
-		args[0], args[1], args[2] = force, m.notes.channelOf(es[group[0]].ref.lease), m.notes.publisher()
+		first := &es[group[0]]
+		keys := make([]string, 0, 1+2*len(group))
+		if first.ref.gen != "" {
+			keys = append(keys, first.ref.gen)
+		}
+		fields := "0"
+		per := 2
+		if first.ref.field != "" {
+			fields, per = "1", 3
+		}
+		args := make([]any, 6, 6+per*len(group))
+		args[0], args[1], args[2] = force, m.notes.channelOf(first.ref.lease), m.notes.publisher()
+		args[3], args[4], args[5] = hd.token, hd.wants[group[0]].gen, fields
 		for _, i := range group {
 			e, w := &es[i], writes[at[i]]
 			keys = append(keys, e.ref.key, e.ref.lease)
-			hasGen := "0"
-			if e.ref.gen != "" {
-				keys = append(keys, e.ref.gen)
-				hasGen = "1"
+			if per == 3 {
+				args = append(args, e.ref.field)
 			}
-			args = append(args, e.ref.field, hd.tokens[i], hd.wants[i].gen, w.b, max(w.keep.Milliseconds(), 0), hasGen)
+			args = append(args, w.b, max(w.keep.Milliseconds(), 0))
 		}
 		calls[g] = scriptCall{keys: keys, args: args}
 	}
@@ -984,6 +997,38 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 		}
 	}
 	return results
+}
+
+// storeGroups splits the entries idx of es into the calls of the store
+// script: those of one hash slot (see scriptGroups) checked against the
+// same generation, and all hash fields or all strings, as the script
+// takes them.
+func (m *Manager) storeGroups(es []entry, idx []int, hd *held) [][]int {
+	type part struct {
+		gen, want string
+		field     bool
+	}
+	var out [][]int
+	for _, group := range m.scriptGroups(es, idx) {
+		var parts map[part]int // -> index in out
+		for _, i := range group {
+			p := part{es[i].ref.gen, hd.wants[i].gen, es[i].ref.field != ""}
+			if p.gen == "" {
+				p.want = "" // not checked
+			}
+			k, ok := parts[p]
+			if !ok {
+				if parts == nil {
+					parts = make(map[part]int, 1)
+				}
+				k = len(out)
+				parts[p] = k
+				out = append(out, nil)
+			}
+			out[k] = append(out[k], i)
+		}
+	}
+	return out
 }
 
 // valueOf returns o's value boxed, nil when o has none.
@@ -1089,7 +1134,7 @@ func (m *Manager) keepLeases(ctx context.Context, es []entry, idx []int, hd *hel
 				if calls == nil {
 					calls = make([]scriptCall, len(idx))
 					for j, i := range idx {
-						calls[j] = scriptCall{keys: []string{es[i].ref.lease}, args: []any{hd.tokens[i], m.opts.LeaseTTL.Milliseconds()}}
+						calls[j] = scriptCall{keys: []string{es[i].ref.lease}, args: []any{hd.token, m.opts.LeaseTTL.Milliseconds()}}
 					}
 				}
 				// A lease found void stays void: its store will be refused.

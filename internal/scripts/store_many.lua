@@ -1,18 +1,21 @@
--- store_many: store several loaded entries, each only while its lease is
--- still held (and, with a generation, while the generation is the one the
--- load started under). The entries' keys share one hash slot (on a single
--- node, any keys).
--- KEYS    for each entry: its key (a string, or the hash holding the
---         field), its lease, and its container's generation if it has one
+-- store_many: store several loaded entries, each only while its lease
+-- still holds the load's token (and, for entries under a generation, while
+-- the generation is the one the load started under). The keys share one
+-- hash slot (on a single node, any keys).
+-- KEYS    the generation key the entries are checked against, when they
+--         have one (then #KEYS is odd); then, for each entry, its key (a
+--         string, or the hash holding the field) and its lease
 -- ARGV[1] '1' for a forced load (a refresh): an entry whose store is
 --         refused is deleted (DEL, or HDEL of its field), so that the value
 --         the refresh meant to replace is not left behind
 -- ARGV[2] the channel of the leases' notices ('' for none), ARGV[3] the
 --         command that publishes on it (PUBLISH, or SPUBLISH on a cluster)
--- then, for each entry, six arguments: the hash field ('' for a string
--- entry), the lease token, the generation the load started under, the
--- value, the time to live in milliseconds (0 for none), and '1' when the
--- entry has a generation key.
+-- ARGV[4] the load's token, which each of its leases holds
+-- ARGV[5] the generation the load started under (with a generation key;
+--         '' when it found none, which no generation matches)
+-- ARGV[6] '1' when each entry names a hash field, '0' for string entries
+-- then, for each entry: its hash field (only when ARGV[6] is '1'), its
+-- value, and its time to live in milliseconds (0 for none).
 -- Returns, for each entry, 1 when written, 0 when its lease was void.
 --
 -- A lease that a waiting process marked (LEASE:w, a copy of the lease
@@ -23,7 +26,8 @@
 --
 -- The leases and marks are read with one MGET and the stored entries'
 -- leases deleted with one DEL, in chunks: a call per entry costs more than
--- the work it does.
+-- the work it does. What is the same for every entry (the token, the
+-- generation) is sent once: each argument costs the script a string.
 local chunk = 1000
 
 -- each calls redis.call(cmd, ...) with the keys t[from..to], chunk by chunk,
@@ -43,61 +47,52 @@ end
 
 local forced = ARGV[1] == '1'
 local channel, publish = ARGV[2], ARGV[3]
-local first = 4 -- the first entry's first argument
-local leases, keyAt, genAt = {}, {}, {}
-local k = 1
-for a = first, #ARGV, 6 do
-  leases[#leases + 1] = KEYS[k + 1]
-  keyAt[#keyAt + 1] = k
-  if ARGV[a + 5] == '1' then
-    genAt[#keyAt] = k + 2
-    k = k + 3
-  else
-    k = k + 2
-  end
+local token = ARGV[4]
+local fields = ARGV[6] == '1'
+local g = #KEYS % 2 -- 1 with a generation key
+local genOk = true
+if g == 1 then
+  genOk = redis.call('GET', KEYS[1]) == ARGV[5]
 end
-local n = #leases
+local n = (#KEYS - g) / 2
 local read = {}
 for j = 1, n do
-  read[j] = leases[j]
-  read[n + j] = leases[j] .. ':w'
+  local lease = KEYS[g + 2 * j]
+  read[j] = lease
+  read[n + j] = lease .. ':w'
 end
 local holders = each('MGET', read) -- the leases, then their marks
 
 local out, done = {}, {}
 local told = {} -- the marked leases, as a notice
-local gens = {} -- generations read, by key: a memo's entries share one
+local a = 7 -- the entry's first argument
 for j = 1, n do
-  local a = first + (j - 1) * 6
-  local field, key = ARGV[a], KEYS[keyAt[j]]
-  local ok = holders[j] == ARGV[a + 1]
+  local key = KEYS[g + 2 * j - 1]
+  local field = ''
+  if fields then
+    field = ARGV[a]
+    a = a + 1
+  end
+  local value, ttl = ARGV[a], ARGV[a + 1]
+  a = a + 2
+  local ok = holders[j] == token
   if holders[n + j] and channel ~= '' then
-    told[#told + 1] = #leases[j] .. ':' .. leases[j]
+    told[#told + 1] = #read[j] .. ':' .. read[j]
     done[#done + 1] = read[n + j]
   end
   if ok then
-    done[#done + 1] = leases[j]
-    local gk = genAt[j]
-    if gk then
-      gk = KEYS[gk]
-      local now = gens[gk]
-      if now == nil then
-        now = redis.call('GET', gk)
-        gens[gk] = now
-      end
-      ok = now == ARGV[a + 2]
-    end
+    done[#done + 1] = read[j]
+    ok = genOk
   end
   if ok then
-    local ttl = ARGV[a + 4]
     if field == '' then
       if ttl ~= '0' then
-        redis.call('SET', key, ARGV[a + 3], 'PX', ttl)
+        redis.call('SET', key, value, 'PX', ttl)
       else
-        redis.call('SET', key, ARGV[a + 3])
+        redis.call('SET', key, value)
       end
     else
-      redis.call('HSET', key, field, ARGV[a + 3])
+      redis.call('HSET', key, field, value)
       if ttl ~= '0' then
         redis.call('PEXPIRE', key, ttl)
       else
