@@ -3,9 +3,13 @@ package cache
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/stockpot-go/cache/internal/scripts"
 )
 
 // benchItem is the value of the batch benchmarks: a small struct, as a
@@ -102,6 +106,72 @@ func BenchmarkGetOrLoadMany(b *testing.B) {
 			rawSet(b)
 		}
 	})
+	// The same work by hand, around the same loader: an application
+	// without a cache library encodes what it loaded before it stores it.
+	b.Run("cold/raw-mget-load-encode-set", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			b.StopTimer()
+			if err := rdb.Del(ctx, rawKeys...).Err(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			vals := rawMGet(b)
+			var missing []string
+			for i, v := range vals {
+				if v == nil {
+					missing = append(missing, keys[i])
+				}
+			}
+			loaded, err := load(ctx, missing)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range missing {
+					enc, err := Msgpack.Marshal(loaded[k])
+					if err != nil {
+						return err
+					}
+					p.Set(ctx, "raw:"+k, enc, time.Hour)
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// The lease protocol by hand, with raw go-redis: the commands a cold
+	// batch sends (a read, a lease per miss with a read again, the store
+	// script), none of the library's Go code around them. It is the floor
+	// of a load that keeps one load per key across the fleet and no value
+	// stored after an invalidation.
+	b.Run("cold/raw-lease-protocol", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			b.StopTimer()
+			if err := rdb.Del(ctx, rawKeys...).Err(); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			rawMGet(b)
+			token := newToken()
+			if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range rawKeys {
+					p.SetNX(ctx, k+leaseSuffix, token, 5*time.Second)
+				}
+				p.MGet(ctx, rawKeys...)
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			loaded, err := load(ctx, keys)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rawStore(b, rdb, rawKeys, token, "", func(i int) any { return loaded[keys[i]] })
+		}
+	})
 	b.Run("cold/stockpot", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -144,16 +214,72 @@ func BenchmarkMemoWarm(b *testing.B) {
 			}
 		}
 	})
-	metrics := MemoizeBatch(m, "metrics", func(ctx context.Context, outlets []int) ([]benchItem, error) {
+	fn := func(ctx context.Context, outlets []int) ([]benchItem, error) {
 		out := make([]benchItem, len(outlets))
 		for i, o := range outlets {
 			out[i] = benchItem{Outlet: fmt.Sprint("outlet-", o), Orders: o, Revenue: 12.5}
 		}
 		return out, nil
-	})
+	}
+	metrics := MemoizeBatch(m, "metrics", fn)
 	if err := metrics.WarmWith(func(ctx context.Context) ([]int, error) { return args, nil }); err != nil {
 		b.Fatal(err)
 	}
+	// A warm by hand: the same batch function, each result encoded, one
+	// pipelined SET each.
+	b.Run("raw-load-encode-set", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			rs, err := fn(ctx, args)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, r := range rs {
+					enc, err := Msgpack.Marshal(r)
+					if err != nil {
+						return err
+					}
+					p.Set(ctx, "raw:"+strconv.Itoa(i), enc, time.Hour)
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	// The lease protocol by hand (see cold/raw-lease-protocol in
+	// BenchmarkGetOrLoadMany): a lease per entry and the memo's
+	// generation in one pipeline, then the store script.
+	rawMemo := make([]string, n)
+	for i := range rawMemo {
+		rawMemo[i] = "rawmemo{m}:e:" + strconv.Itoa(i)
+	}
+	const rawGen = "rawmemo{m}:g"
+	if err := rdb.Set(ctx, rawGen, "7", 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("raw-lease-protocol", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			token := newToken()
+			var gen *redis.StringCmd
+			if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range rawMemo {
+					p.SetNX(ctx, k+leaseSuffix, token, 5*time.Second)
+				}
+				gen = p.Get(ctx, rawGen)
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			rs, err := fn(ctx, args)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rawStore(b, rdb, rawMemo, token, gen.Val(), func(i int) any { return rs[i] })
+		}
+	})
 	b.Run("stockpot-warm", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
@@ -162,4 +288,33 @@ func BenchmarkMemoWarm(b *testing.B) {
 			}
 		}
 	})
+}
+
+// rawStore stores value(i) under each of keys with the store script, as a
+// load does, while the lease keys[i]+leaseSuffix holds token (and, when
+// gen is not "", while the generation beside the keys is gen).
+func rawStore(b *testing.B, rdb *redis.Client, keys []string, token, gen string, value func(i int) any) {
+	ctx := context.Background()
+	ks := make([]string, 0, 1+2*len(keys))
+	if gen != "" {
+		ks = append(ks, keys[0][:strings.IndexByte(keys[0], '}')+1]+":g")
+	}
+	args := []any{"0", "", "", token, gen, "0"}
+	for i, k := range keys {
+		enc, err := Msgpack.Marshal(value(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		ks = append(ks, k, k+leaseSuffix)
+		args = append(args, enc, int64(3600000))
+	}
+	ns, err := rdb.EvalSha(ctx, scripts.StoreMany.Hash(), ks, args...).Int64Slice()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range ns {
+		if n != 1 {
+			b.Fatal("a raw store was refused")
+		}
+	}
 }
