@@ -253,7 +253,7 @@ func (mm *Memo[A, R]) GetMany(ctx context.Context, args []A) ([]R, error) {
 func (mm *Memo[A, R]) entries(ctx context.Context, args []A) ([]entry, []int, error) {
 	which := make([]int, len(args))
 	index := make(map[string]int, len(args))
-	var es []entry
+	es := make([]entry, 0, len(args))
 	for i, a := range args {
 		e, err := mm.entry(ctx, a)
 		if err != nil {

@@ -804,7 +804,7 @@ func loadAndStore[T any](ctx context.Context, m *Manager, es []entry, idx []int,
 	vals, took, lerr := callLoader(withControl(ctx, ctl), st, l, idx)
 	stop()
 	now := m.now()
-	outs := make(map[int]outcome[T], len(idx))
+	outs := make([]outcome[T], len(es)) // by entry index
 	var writes []write
 	var unstored []int
 	for _, i := range idx {
