@@ -316,10 +316,19 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.TTL == 0 {
 			lo.TTL = 10 * time.Second
 		}
-		if lo.MaxEntries < 0 || lo.TTL < 0 {
+		if lo.Lease == 0 {
+			lo.Lease = leaseDefault
+		}
+		if lo.MaxEntries < 0 || lo.TTL < 0 || lo.Lease < 0 {
 			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
 		}
+		if lo.Strict && lo.Lease < leaseMin {
+			return nil, fmt.Errorf("%w: LocalOptions.Lease %v is under %v", ErrInvalidOption, lo.Lease, leaseMin)
+		}
 		m.local = newLocalTier(lo, m.localChannel(), localNow)
+		if lo.Strict {
+			m.local.strict = newStrictTier(lo, m.localRegistry(), m.localOwnChannel(m.local.id))
+		}
 	}
 	m.cluster, _ = rdb.(*redis.ClusterClient)
 	m.ctxTimeouts = honoursContext(rdb)
@@ -342,6 +351,10 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.locks = m.stats.get("locks")
 	if m.local != nil {
 		m.goBackground(m.subscribe)
+	}
+	if m.local != nil && m.local.strict != nil {
+		m.goBackground(m.heartbeats)
+		m.goBackground(m.sendAcks)
 	}
 	if failoverClient(rdb) {
 		m.goBackground(m.watchMaster)

@@ -194,7 +194,9 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 			keys = append(keys, localKey(r))
 		}
 		all := len(p.gens) > 0 || len(p.hashes) > 0 || len(p.prefixes) > 0
-		m.dropEverywhere(ctx, all, keys)
+		if derr := m.dropEverywhere(ctx, all, keys); err == nil {
+			err = derr
+		}
 	}
 	if err != nil {
 		return err
