@@ -325,10 +325,12 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.Strict && lo.Lease < leaseMin {
 			return nil, fmt.Errorf("%w: LocalOptions.Lease %v is under %v", ErrInvalidOption, lo.Lease, leaseMin)
 		}
-		m.local = newLocalTier(lo, m.localChannel(), localNow)
+		id := newToken()
+		var strict *strictTier
 		if lo.Strict {
-			m.local.strict = newStrictTier(lo, m.localRegistry(), m.localOwnChannel(m.local.id))
+			strict = newStrictTier(lo, m.localRegistry(), m.localOwnChannel(id))
 		}
+		m.local = newLocalTier(lo, m.localChannel(), id, localNow, strict)
 	}
 	m.cluster, _ = rdb.(*redis.ClusterClient)
 	m.ctxTimeouts = honoursContext(rdb)

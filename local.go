@@ -157,11 +157,14 @@ type localEntry struct {
 type localRead struct{ epoch, gen, cleared uint64 }
 
 // newLocalTier returns the tier; now is the Manager's clock, nil for the
-// system's.
-func newLocalTier(o LocalOptions, channel string, now func() time.Time) *localTier {
-	t := &localTier{ttl: o.TTL, channel: channel, id: newToken(), seed: maphash.MakeSeed()}
+// system's; strict is the strict mode's part, nil in the default mode.
+func newLocalTier(o LocalOptions, channel, id string, now func() time.Time, strict *strictTier) *localTier {
+	t := &localTier{ttl: o.TTL, channel: channel, id: id, seed: maphash.MakeSeed(), strict: strict}
 	var clock otter.Clock
-	if now != nil {
+	switch {
+	case strict != nil:
+		clock = strictClock{strict, now}
+	case now != nil:
 		clock = localClock{now}
 	}
 	t.c = otter.Must(&otter.Options[uint64, *localEntry]{
@@ -217,12 +220,12 @@ func (t *localTier) begin(r *localRef) localRead {
 // find returns the copy in slot, if the tier is in use and no drop of its
 // entry came after the read that made it began.
 func (t *localTier) find(slot *localSlot) (*localEntry, bool) {
-	if !t.ready.Load() || (t.strict != nil && !t.strict.live()) {
+	if !t.ready.Load() {
 		return nil, false
 	}
 	k := t.key(slot)
-	e, ok := t.c.GetIfPresent(k)
-	if !ok || e.space != slot.space || e.name != slot.name {
+	e, ok := t.c.GetIfPresent(k) // in strict mode, reads the clock, which checks the lease (strictClock)
+	if !ok || e.space != slot.space || e.name != slot.name || (t.strict != nil && t.strict.lapsed()) {
 		return nil, false
 	}
 	if t.gens[e.bucket].Load() != e.gen || t.cleared.Load() != e.cleared {

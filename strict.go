@@ -65,7 +65,9 @@ import (
 type strictTier struct {
 	lease    time.Duration
 	base     time.Time    // the origin of deadline, read with its monotonic clock
-	deadline atomic.Int64 // the lease's end, in ns since base
+	baseUnix int64        // base in Unix ns
+	deadline atomic.Int64 // the lease's end, in ns since base; it only moves forward
+	lapsedAt atomic.Int64 // the latest deadline a clock read found passed (see strictClock)
 	registry string       // the fleet's registry (see strict_drop.lua)
 	own      string       // this Manager's channel: its heartbeats and the acknowledgements of its drops
 	seq      atomic.Uint64
@@ -106,9 +108,11 @@ const (
 )
 
 func newStrictTier(o LocalOptions, registry, own string) *strictTier {
+	base := time.Now()
 	return &strictTier{
 		lease:    o.Lease,
-		base:     time.Now(),
+		base:     base,
+		baseUnix: base.UnixNano(),
 		registry: registry,
 		own:      own,
 		kick:     make(chan struct{}, 1),
@@ -118,11 +122,59 @@ func newStrictTier(o LocalOptions, registry, own string) *strictTier {
 	}
 }
 
-// live reports whether the lease is held: whether local copies may be
-// served now.
+// live reports whether the lease is held now.
 func (s *strictTier) live() bool {
 	return int64(time.Since(s.base)) < s.deadline.Load()
 }
+
+// lapsed reports whether a clock read found the lease's deadline passed,
+// and no renewal came since. A hit calls it after the tier's cache read
+// the clock (strictClock), so that the lease is checked without a clock
+// read of its own: the copy is served at that read, when the lease was
+// live; or, when a renewal came since, after it (the renewal applied every
+// drop published before its heartbeat, and the generations the hit checks
+// next show them).
+func (s *strictTier) lapsed() bool {
+	return s.lapsedAt.Load() >= s.deadline.Load()
+}
+
+// strictClock is the strict tier's clock, as its cache reads it: the
+// Manager's (now), or the system's, which also checks the lease, marking
+// it lapsed when its deadline has passed. otter reads it at the start of
+// every lookup (GetIfPresent), so a hit pays one clock read, as in the
+// default mode.
+type strictClock struct {
+	s   *strictTier
+	now func() time.Time // nil for the system's
+}
+
+func (c strictClock) NowNano() int64 {
+	s := c.s
+	d := s.deadline.Load()
+	mono := int64(time.Since(s.base))
+	if mono >= d {
+		s.lapse(d)
+	}
+	if c.now != nil {
+		return c.now().UnixNano()
+	}
+	return s.baseUnix + mono
+}
+
+// lapse marks deadline d passed: lapsedAt moves forward only, so that a
+// slow reader that found an older deadline passed does not hide a newer
+// one.
+func (s *strictTier) lapse(d int64) {
+	for {
+		l := s.lapsedAt.Load()
+		if l >= d || s.lapsedAt.CompareAndSwap(l, d) {
+			return
+		}
+	}
+}
+
+// Tick gives no ticks: expired copies are removed as they are met.
+func (c strictClock) Tick(time.Duration) <-chan time.Time { return nil }
 
 // registerFor is how long a heartbeat lists a Manager in the registry: a
 // lease, and another for the updates a failover may lose.

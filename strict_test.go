@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -270,6 +271,27 @@ func TestStrictLocalNoLeaseWithoutRedis(t *testing.T) {
 	defer srv.Thaw(t)
 	require.Eventually(t, func() bool { _, ok := keptLocally(a, "k"); return !ok }, testredis.Timeout, time.Millisecond,
 		"a to stop serving once its lease ran out")
+}
+
+// TestStrictLocalLeaseCheckedByLookup: the lease is checked by the clock
+// read of the tier's cache (strictClock), on every lookup: a hit after the
+// deadline is a miss, and a renewal serves the copy again.
+func TestStrictLocalLeaseCheckedByLookup(t *testing.T) {
+	e := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: miniredis.RunT(t)})
+	m := e.manager(&Options{Local: &LocalOptions{TTL: time.Minute, Strict: true, Lease: time.Hour}})
+	waitLeased(t, m)
+	_, err := GetOrLoad(t.Context(), m, "k", func(context.Context) (int64, error) { return 1, nil })
+	require.NoError(t, err)
+	_, ok := keptLocally(m, "k")
+	require.True(t, ok)
+	s := m.local.strict
+	s.deadline.Store(int64(time.Since(s.base))) // the lease ends now
+	_, ok = keptLocally(m, "k")
+	assert.False(t, ok, "a copy served after the lease's deadline")
+	assert.False(t, m.Stats().Local.Leased)
+	s.deadline.Store(int64(time.Since(s.base) + time.Hour)) // renewed
+	_, ok = keptLocally(m, "k")
+	assert.True(t, ok, "the copy once the lease is renewed")
 }
 
 func TestStrictLocalBadOptions(t *testing.T) {
