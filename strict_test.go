@@ -176,14 +176,19 @@ func TestStrictLocalSubscriptionKilled(t *testing.T) {
 		stale := 0
 		for round := range rounds {
 			key := "k" + strconv.Itoa(round)
-			require.Eventually(t, func() bool { return b.Stats().Local.Subscribed && (!strict || b.Stats().Local.Leased) },
-				testredis.Timeout, time.Millisecond, "b's subscription (and lease) to come back")
+			var ids []string
+			require.Eventually(t, func() bool {
+				ids = pubSubIDs(t, raw, name)
+				return len(ids) > 0 && b.Stats().Local.Subscribed && (!strict || b.Stats().Local.Leased)
+			}, testredis.Timeout, time.Millisecond, "b's subscription (and lease) to come back")
 			_, err := GetOrLoad(ctx, b, key, func(context.Context) (int64, error) { return 1, nil })
 			require.NoError(t, err)
 			if _, ok := keptLocally(b, key); !ok {
 				continue // the subscription dropped meanwhile
 			}
-			killPubSub(t, raw, name)
+			for _, id := range ids {
+				require.NoError(t, raw.ClientKillByFilter(ctx, "ID", id).Err())
+			}
 			require.NoError(t, a.Invalidate(ctx, Key(key)))
 			if _, ok := keptLocally(b, key); ok {
 				stale++
@@ -198,12 +203,13 @@ func TestStrictLocalSubscriptionKilled(t *testing.T) {
 	}
 }
 
-// killPubSub kills the pub/sub connections of the clients named name.
-func killPubSub(t *testing.T, raw *redis.Client, name string) {
+// pubSubIDs returns the IDs of the pub/sub connections of the clients
+// named name.
+func pubSubIDs(t *testing.T, raw *redis.Client, name string) []string {
 	t.Helper()
 	list, err := raw.ClientList(t.Context()).Result()
 	require.NoError(t, err)
-	n := 0
+	var ids []string
 	for line := range strings.Lines(list) {
 		f := map[string]string{}
 		for _, kv := range strings.Fields(line) {
@@ -211,12 +217,10 @@ func killPubSub(t *testing.T, raw *redis.Client, name string) {
 			f[k] = v
 		}
 		if f["name"] == name && f["sub"] != "0" && f["sub"] != "" {
-			id, _ := strconv.ParseInt(f["id"], 10, 64)
-			require.NoError(t, raw.ClientKillByFilter(t.Context(), "ID", strconv.FormatInt(id, 10)).Err())
-			n++
+			ids = append(ids, f["id"])
 		}
 	}
-	require.Positive(t, n, "no pub/sub connection named %s", name)
+	return ids
 }
 
 // TestStrictLocalRegistryLost: when Redis loses the registry, writers
