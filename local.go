@@ -26,8 +26,12 @@ import (
 // this process at once, in every other Manager of the fleet through a Redis
 // pub/sub message sent once the Redis work is done. Until that message
 // arrives (milliseconds), another instance may still answer from its local
-// copy: the local tier trades the strict no-stale-read guarantee of the
-// Redis tier for speed, within that delay. The tier serves and keeps
+// copy: in its default mode the local tier trades the strict no-stale-read
+// guarantee of the Redis tier for speed, within that delay. Its strict mode
+// (LocalOptions.Strict, strict.go) keeps the guarantee: a Manager serves
+// from its tier only under a read lease, and a write returns once every
+// Manager holding one has dropped its copies or let its lease run out.
+// The tier serves and keeps
 // copies only while the Manager's subscription is up: it starts empty and
 // unused until Redis confirms the first subscription, and a Manager whose
 // subscription drops clears it (it cannot know what it missed) and leaves
