@@ -242,7 +242,12 @@ func (s *strictTier) renewed(seq uint64) {
 	if !ok {
 		return
 	}
-	if d := int64(t0 + s.lease - s.lease/10); d > s.deadline.Load() {
+	// A deadline already passed is not stored: a hit whose clock read
+	// found the old one passed would take it for a renewal since (see
+	// lapsed), and a write that waited for this lease to end may have
+	// returned.
+	d := int64(t0 + s.lease - s.lease/10)
+	if d > s.deadline.Load() && d > int64(time.Since(s.base)) {
 		s.deadline.Store(d) // only the receiving goroutine stores it
 		s.renewals.Add(1)
 	}

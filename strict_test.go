@@ -313,6 +313,9 @@ func TestStrictLocalBadOptions(t *testing.T) {
 func TestStrictLocalMessages(t *testing.T) {
 	s := newStrictTier(LocalOptions{Lease: time.Second}, "reg", "own")
 	s.beats[7] = time.Duration(0)
+	s.beats[5] = -2 * time.Second // sent so long ago that its lease has ended
+	s.onOwn("h5")
+	assert.Zero(t, s.deadline.Load(), "a heartbeat whose lease has ended renewed it")
 	w := &dropWait{acked: map[string]bool{}, signal: make(chan struct{}, 1)}
 	s.waits[3] = w
 	for _, bad := range []string{"", "h", "hx", "h-7", "h7x", "h 7", "a", "a3", "a3\n", "ax\nid", "a-3\nid", "z7", "\n", "h18446744073709551616"} {
