@@ -322,6 +322,9 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.MaxEntries < 0 || lo.TTL < 0 || lo.Lease < 0 {
 			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
 		}
+		if !lo.Strict && o.Local.Lease != 0 {
+			return nil, fmt.Errorf("%w: LocalOptions.Lease applies to the strict mode only (Strict: true)", ErrInvalidOption)
+		}
 		if lo.Strict && lo.Lease < leaseMin {
 			return nil, fmt.Errorf("%w: LocalOptions.Lease %v is under %v", ErrInvalidOption, lo.Lease, leaseMin)
 		}

@@ -82,7 +82,8 @@ type LocalOptions struct {
 	// Lease is, in strict mode, how long a Manager may serve from its tier
 	// without hearing from Redis: the longest a write waits for a Manager
 	// that does not acknowledge its drop (paused, partitioned, crashed).
-	// It is renewed every Lease/3.
+	// It is renewed every Lease/3. Setting it without Strict is an
+	// ErrInvalidOption.
 	//
 	// default: 1s; at least 30ms
 	Lease time.Duration

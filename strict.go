@@ -21,18 +21,19 @@ import (
 // has returned, no strict Manager of the fleet serves a local copy made
 // before it. Read leases (Chubby's, and Gray and Cheriton's) keep it:
 //
-//   - A Manager serves local copies only while it holds a read lease: until
-//     its deadline, a monotonic time checked by every hit. It renews the
+//   - A Manager serves local copies only while it holds a read lease:
+//     until its deadline, a time of its monotonic clock. It renews the
 //     lease every Lease/3 through its subscription: it notes the time t0,
 //     then a script (strict_heartbeat.lua) lists it in the fleet's
 //     registry, for 2×Lease by Redis's clock, and publishes a heartbeat on
-//     its own channel, at one instant. When the heartbeat comes back on its
-//     subscription, the deadline moves to t0 + Lease − Lease/10. Redis
-//     delivers what it publishes to a connection in the order it publishes
-//     it, whatever the channel: every drop published before the heartbeat
-//     has been received, and applied, by then. A Manager that cannot renew
-//     (Redis away, its subscription dead or blocked, its process paused)
-//     stops serving from its tier when its deadline passes, by itself.
+//     the Manager's own channel, at one instant. When the heartbeat comes
+//     back on its subscription, the deadline moves to t0 + Lease −
+//     Lease/10 (unless that has passed already). Redis delivers what it
+//     publishes to a connection in the order it publishes it, whatever the
+//     channel: every drop published before the heartbeat has been
+//     received, and applied, by then. A Manager that cannot renew (Redis
+//     away, its subscription dead or stuck, its process paused) stops
+//     serving from its tier when its deadline passes, by itself.
 //   - A writer publishes its drop with a script (strict_drop.lua) that, at
 //     the same instant, reads the registry: the Managers listed may hold a
 //     lease granted by a heartbeat published before the drop. Each applies
@@ -41,12 +42,17 @@ import (
 //     passed on the writer's clock since the script returned: a lease
 //     granted before the drop ends by then. A Manager not listed holds no
 //     such lease: its listing ran out (its lease ran out before), or its
-//     heartbeats all came after the drop, which it applied first.
+//     heartbeats all came after the drop, which it applied first (or it
+//     subscribed after the drop, and cleared its tier then).
 //   - A registry that Redis lost (an eviction, a restart, a failover
 //     before it replicated) cannot say who holds a lease. It carries a
-//     mark of the time from which it lists every Manager; a drop that finds
-//     no mark sets it a Lease ahead, and until then writers wait out the
-//     lease of every Manager, listed or not.
+//     mark of the time from which it lists every Manager: a Lease after it
+//     was made anew. Until then writers wait out every lease, listed or
+//     not.
+//   - A hit checks the lease without a clock read of its own: the clock of
+//     the tier's cache (strictClock), which otter reads at the start of
+//     every lookup, marks the lease lapsed when that read finds its
+//     deadline passed; the hit then checks the mark (see lapsed).
 //
 // Copies are also kept only while the subscription is up, and dropped when
 // it is made anew, as in the other mode: a lease granted on a subscription

@@ -74,7 +74,7 @@ func BenchmarkStrictInvalidate(b *testing.B) {
 		{"strict-one-hung/4", true, true, 4},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			o := &Options{Prefix: "inv-" + c.name, Timeout: time.Second, Local: &LocalOptions{TTL: time.Hour, Strict: c.strict, Lease: 100 * time.Millisecond}}
+			o := &Options{Prefix: "inv-" + c.name, Timeout: time.Second, Local: localOpts(time.Hour, c.strict, 100*time.Millisecond)}
 			var fleet []*Manager
 			for range c.n + 1 {
 				m, err := New(srv.Client(b), o)

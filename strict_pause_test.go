@@ -39,7 +39,7 @@ func TestStrictLocalPausedProcess(t *testing.T) {
 	const rounds = 10
 	for _, strict := range []bool{false, true} {
 		prefix := fmt.Sprintf("paused-%v", strict)
-		w, err := New(srv.Client(t), &Options{Prefix: prefix, Local: &LocalOptions{TTL: time.Minute, Strict: strict, Lease: pauseLease}})
+		w, err := New(srv.Client(t), &Options{Prefix: prefix, Local: localOpts(time.Minute, strict, pauseLease)})
 		require.NoError(t, err)
 		t.Cleanup(func() { closeWithin(t, w) })
 		c := startChild(t, srv.Addr(), prefix, strict)
@@ -161,7 +161,7 @@ func TestStrictLocalPausedChild(t *testing.T) {
 	prefix := os.Getenv("STOCKPOT_CHILD_PREFIX")
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	m, err := New(rdb, &Options{Prefix: prefix, Local: &LocalOptions{TTL: time.Minute, Strict: strict, Lease: pauseLease}})
+	m, err := New(rdb, &Options{Prefix: prefix, Local: localOpts(time.Minute, strict, pauseLease)})
 	require.NoError(t, err)
 	defer closeWithin(t, m)
 	load := func(ctx context.Context) (string, error) { return rdb.Get(ctx, prefix+":src").Result() }

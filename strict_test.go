@@ -21,6 +21,15 @@ func strictOpts(lease time.Duration) *Options {
 	return &Options{Local: &LocalOptions{TTL: time.Minute, Strict: true, Lease: lease}}
 }
 
+// localOpts are the local tier's options with ttl, in strict mode with
+// lease or in the default mode.
+func localOpts(ttl time.Duration, strict bool, lease time.Duration) *LocalOptions {
+	if !strict {
+		return &LocalOptions{TTL: ttl}
+	}
+	return &LocalOptions{TTL: ttl, Strict: true, Lease: lease}
+}
+
 // waitLeased waits until every Manager holds its read lease.
 func waitLeased(t *testing.T, ms ...*Manager) {
 	t.Helper()
@@ -122,7 +131,7 @@ func TestStrictLocalHungSubscription(t *testing.T) {
 		for _, strict := range []bool{false, true} {
 			e := newEnv(t, be)
 			lease := 300 * time.Millisecond
-			opts := &Options{Prefix: "hung" + strconv.FormatBool(strict), Local: &LocalOptions{TTL: time.Minute, Strict: strict, Lease: lease}}
+			opts := &Options{Prefix: "hung" + strconv.FormatBool(strict), Local: localOpts(time.Minute, strict, lease)}
 			a, b := e.manager(opts), e.manager(opts)
 			if strict {
 				waitLeased(t, a, b)
@@ -166,7 +175,7 @@ func TestStrictLocalSubscriptionKilled(t *testing.T) {
 	const rounds = 20
 	for _, strict := range []bool{false, true} {
 		name := "sub-" + strconv.FormatBool(strict)
-		opts := &Options{Prefix: name, Local: &LocalOptions{TTL: time.Minute, Strict: strict, Lease: 300 * time.Millisecond}}
+		opts := &Options{Prefix: name, Local: localOpts(time.Minute, strict, 300*time.Millisecond)}
 		a, err := New(srv.Client(t), opts)
 		require.NoError(t, err)
 		t.Cleanup(func() { closeWithin(t, a) })
@@ -301,7 +310,7 @@ func TestStrictLocalLeaseCheckedByLookup(t *testing.T) {
 func TestStrictLocalBadOptions(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
-	for _, lo := range []LocalOptions{{Strict: true, Lease: 10 * time.Millisecond}, {Lease: -time.Second}} {
+	for _, lo := range []LocalOptions{{Strict: true, Lease: 10 * time.Millisecond}, {Strict: true, Lease: -time.Second}, {Lease: time.Second}} {
 		_, err := New(rdb, &Options{Local: &lo})
 		assert.ErrorIs(t, err, ErrInvalidOption, "%+v", lo)
 	}
