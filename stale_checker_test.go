@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -58,9 +59,9 @@ import (
 // default mode it is eventually consistent by design.
 // TestStaleSetCheckerStrictLocal runs every configuration again with the
 // local tier on in strict mode, which must keep property 4 as the Redis
-// tier does, and two configurations of its own: Managers' subscriptions
-// killed, and Managers whose subscription hangs for longer than their
-// lease. The short run (under a second per configuration; 5s for the
+// tier does, and three configurations of its own: miniredis, Managers'
+// subscriptions killed, and Managers whose subscription hangs for longer
+// than their lease. The short run (under a second per configuration; 5s for the
 // Sentinel ones, whose failover takes one or two) is part of the test
 // suite; STOCKPOT_LONG=1 (or a duration, such as STOCKPOT_LONG=2m) runs
 // each configuration that long instead (30s for "1"), as .ci/run does.
@@ -98,7 +99,8 @@ func TestStaleSetCheckerStrictLocal(t *testing.T) {
 // configurations: with the local tier in its default mode, the checker
 // finds the stale reads of a Manager whose subscription hangs.
 func TestStaleSetCheckerLocalControl(t *testing.T) {
-	c := strictFaultConfigs[1]
+	i := slices.IndexFunc(strictFaultConfigs, func(c checkConfig) bool { return c.name == "hung-subscription" })
+	c := strictFaultConfigs[i]
 	runChecker(t, checkConfig{name: "local-default/" + c.name, control: true, setup: func(t *testing.T) checkEnv {
 		env := c.setup(t)
 		env.opts.Local = &cache.LocalOptions{}
@@ -110,10 +112,24 @@ func TestStaleSetCheckerLocalControl(t *testing.T) {
 // so that the faults that outlast it fit in a short run.
 const checkLease = 100 * time.Millisecond
 
-// strictFaultConfigs are the faults of the local tier's subscription: each
-// Manager on a client named after it, so that the harness can find its
-// connections.
+// strictFaultConfigs are the strict local tier's own configurations:
+// miniredis, and the faults of the tier's subscription (there each Manager
+// is on a client named after it, so that the harness can find its
+// connections).
 var strictFaultConfigs = []checkConfig{
+	{name: "miniredis", setup: func(t *testing.T) checkEnv {
+		mr := miniredis.RunT(t)
+		client := func() redis.UniversalClient {
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			t.Cleanup(func() { _ = c.Close() })
+			return c
+		}
+		var clients []redis.UniversalClient
+		for range fleetSize {
+			clients = append(clients, client())
+		}
+		return checkEnv{clients: clients, raw: client()}
+	}},
 	{name: "kill-pubsub", setup: func(t *testing.T) checkEnv {
 		srv := testredis.Start(t)
 		var clients []redis.UniversalClient
