@@ -316,7 +316,8 @@ func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) e
 		return m.publishStrict(ctx, all, keys)
 	}
 	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
-	if err := m.doOn(context.WithoutCancel(ctx), m.pubClient(), "", m.kv, cmd); err != nil {
+	c, addr := m.pubClient()
+	if err := m.doOn(context.WithoutCancel(ctx), c, addr, m.kv, cmd); err != nil {
 		m.log.Warn("cache: publishing a local-tier invalidation failed; other instances keep their copies until the local TTL", "err", err)
 		return nil
 	}
@@ -324,16 +325,17 @@ func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) e
 	return nil
 }
 
-// pubClient returns the client to PUBLISH the local tier's messages on: on
-// a Ring, which sends PUBLISH (it names no key) to any shard, the client of
-// the channel's shard, where the subscriptions are (Ring.Subscribe).
-func (m *Manager) pubClient() redis.UniversalClient {
+// pubClient returns the client to PUBLISH the local tier's messages on,
+// and its node's address (as for doOn): on a Ring, which sends PUBLISH (it
+// names no key) to any shard, the client of the channel's shard, where the
+// subscriptions are (Ring.Subscribe).
+func (m *Manager) pubClient() (redis.UniversalClient, string) {
 	if r, ok := m.rdb.(*redis.Ring); ok {
 		if sc, err := r.GetShardClientForKey(m.local.channel); err == nil {
-			return sc
+			return sc, sc.Options().Addr
 		}
 	}
-	return m.rdb
+	return m.rdb, ""
 }
 
 // A drop message is the sender's id, a newline, then "*" for all, or each

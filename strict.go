@@ -407,7 +407,6 @@ func (m *Manager) republish(msg string) {
 // until Close.
 func (m *Manager) sendAcks() {
 	s := m.local.strict
-	c := m.pubClient()
 	for {
 		var batch []ackTo
 		select {
@@ -426,7 +425,8 @@ func (m *Manager) sendAcks() {
 			break
 		}
 		ctx, cancel := context.WithTimeout(m.life, s.lease)
-		_, err := m.pipeOn(ctx, c, "", m.kv, func(p redis.Pipeliner) {
+		c, addr := m.pubClient() // on a Ring, the shard may change
+		_, err := m.pipeOn(ctx, c, addr, m.kv, func(p redis.Pipeliner) {
 			for _, a := range batch {
 				p.Publish(ctx, m.localOwnChannel(a.id), "a"+strconv.FormatUint(a.seq, 10)+"\n"+m.local.id)
 			}
