@@ -17,3 +17,6 @@ var (
 	// a lease.
 	StrictDrop = newScript(strictDropSrc)
 )
+
+// The strict scripts are loaded ahead of their first use with the others.
+func init() { All = append(All, StrictHeartbeat, StrictDrop) }
