@@ -2,8 +2,10 @@ package cache
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -305,6 +307,43 @@ func TestStrictLocalLeaseCheckedByLookup(t *testing.T) {
 	s.deadline.Store(int64(time.Since(s.base) + time.Hour)) // renewed
 	_, ok = keptLocally(m, "k")
 	assert.True(t, ok, "the copy once the lease is renewed")
+}
+
+// lineLog keeps the lines a Manager logs.
+type lineLog struct {
+	mu    sync.Mutex // protects lines
+	lines []string
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// TestStrictLocalMixedFleet: a strict Manager applies the drops of a
+// Manager in the default mode, which waits for no acknowledgement, and
+// says once, in its log, that the strict guarantee does not cover them.
+func TestStrictLocalMixedFleet(t *testing.T) {
+	e := newEnv(t, &testredis.Backend{Name: "miniredis", Mini: miniredis.RunT(t)})
+	logs := &lineLog{}
+	o := strictOpts(time.Second)
+	o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b := e.manager(o)
+	a := e.manager(&Options{Local: &LocalOptions{TTL: time.Minute}})
+	waitLeased(t, b)
+	for range 2 {
+		_, err := GetOrLoad(t.Context(), b, "k", func(context.Context) (int64, error) { return 1, nil })
+		require.NoError(t, err)
+		require.NoError(t, a.Invalidate(t.Context(), Key("k")))
+		require.Eventually(t, func() bool { _, ok := keptLocally(b, "k"); return !ok }, testredis.Timeout, time.Millisecond,
+			"b to apply the drop of a Manager in the default mode")
+	}
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	require.Len(t, logs.lines, 1)
+	assert.Contains(t, logs.lines[0], "not in strict mode")
 }
 
 func TestStrictLocalBadOptions(t *testing.T) {
