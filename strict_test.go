@@ -346,6 +346,30 @@ func TestStrictLocalMixedFleet(t *testing.T) {
 	assert.Contains(t, logs.lines[0], "not in strict mode")
 }
 
+// TestStrictLocalDropPublishedAgain: a write whose drop cannot be
+// published (its script fails) returns an error, and the drop is published
+// again, in the background, once Redis runs the script.
+func TestStrictLocalDropPublishedAgain(t *testing.T) {
+	mr, _ := testredis.Mini(t)
+	rdb := (&testredis.Backend{Name: "miniredis", Mini: mr}).Client(t)
+	faults := &failScripts{}
+	rdb.AddHook(faults)
+	a, err := New(rdb, &Options{Prefix: "test", Local: &LocalOptions{Strict: true}})
+	require.NoError(t, err)
+	t.Cleanup(func() { closeWithin(t, a) })
+	waitLeased(t, a)
+	faults.on.Store(true)
+	err = a.Set(t.Context(), "k", 1)
+	require.ErrorIs(t, err, ErrUnavailable)
+	sent := a.Stats().Local.Sent
+	faults.on.Store(false)
+	require.Eventually(t, func() bool { return a.Stats().Local.Sent > sent }, testredis.Timeout, time.Millisecond,
+		"the drop to be published again")
+	v, err := Get[int](t.Context(), a, "k")
+	require.NoError(t, err)
+	assert.Equal(t, 1, v, "the write itself was made")
+}
+
 func TestStrictLocalBadOptions(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer rdb.Close()
