@@ -316,10 +316,24 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 		if lo.TTL == 0 {
 			lo.TTL = 10 * time.Second
 		}
-		if lo.MaxEntries < 0 || lo.TTL < 0 {
+		if lo.Lease == 0 {
+			lo.Lease = leaseDefault
+		}
+		if lo.MaxEntries < 0 || lo.TTL < 0 || lo.Lease < 0 {
 			return nil, fmt.Errorf("%w: negative LocalOptions", ErrInvalidOption)
 		}
-		m.local = newLocalTier(lo, m.localChannel(), localNow)
+		if !lo.Strict && o.Local.Lease != 0 {
+			return nil, fmt.Errorf("%w: LocalOptions.Lease applies to the strict mode only (Strict: true)", ErrInvalidOption)
+		}
+		if lo.Strict && lo.Lease < leaseMin {
+			return nil, fmt.Errorf("%w: LocalOptions.Lease %v is under %v", ErrInvalidOption, lo.Lease, leaseMin)
+		}
+		id := newToken()
+		var strict *strictTier
+		if lo.Strict {
+			strict = newStrictTier(lo, m.localRegistry(), m.localOwnChannel(id))
+		}
+		m.local = newLocalTier(lo, m.localChannel(), id, localNow, strict)
 	}
 	m.cluster, _ = rdb.(*redis.ClusterClient)
 	m.ctxTimeouts = honoursContext(rdb)
@@ -342,6 +356,10 @@ func New(rdb redis.UniversalClient, opts *Options) (*Manager, error) {
 	m.locks = m.stats.get("locks")
 	if m.local != nil {
 		m.goBackground(m.subscribe)
+	}
+	if m.local != nil && m.local.strict != nil {
+		m.goBackground(m.heartbeats)
+		m.goBackground(m.sendAcks)
 	}
 	if failoverClient(rdb) {
 		m.goBackground(m.watchMaster)

@@ -32,7 +32,8 @@
 //	err = m.Emit(ctx, "invoice.submitted", invoice)
 //
 // Warming, distributed locks with fencing tokens, an optional in-process
-// tier (Options.Local), a time budget for each operation's Redis work
+// tier (Options.Local; in strict mode it keeps the guarantee above across
+// the fleet, under read leases), a time budget for each operation's Redis work
 // (Options.Timeout) and circuit breakers (Options.Breaker) that keep a slow
 // or dead Redis from becoming an outage, counters (Stats) and an Observer
 // for metrics complete it:

@@ -125,7 +125,9 @@ func (h *Hash[T]) SetMany(ctx context.Context, items map[string]T) error {
 		for i, r := range refs {
 			keys[i] = localKey(r)
 		}
-		h.m.dropEverywhere(ctx, false, keys)
+		if err := h.m.dropEverywhere(ctx, false, keys); err != nil {
+			return err
+		}
 	}
 	return h.m.replicated(ctx, h.st, h.key)
 }
@@ -308,8 +310,9 @@ func (h *Hash[T]) Refresh(ctx context.Context, field string, load func(ctx conte
 	ctx = h.m.withBudget(ctx)
 	v, err := loadEntry(ctx, h.m, e, true, loader[string, T]{fn: load, arg: field})
 	if err == nil {
-		h.m.dropEverywhere(ctx, false, []string{localKey(e.ref)})
-		err = h.m.replicated(ctx, h.st, e.ref.key)
+		if err = h.m.dropEverywhere(ctx, false, []string{localKey(e.ref)}); err == nil {
+			err = h.m.replicated(ctx, h.st, e.ref.key)
+		}
 	}
 	return v, err
 }
@@ -363,7 +366,9 @@ func (h *Hash[T]) storeLoaded(ctx context.Context, items map[string]T, v hashVer
 		for i, r := range refs {
 			lk[i] = localKey(r)
 		}
-		h.m.dropEverywhere(ctx, false, lk)
+		if err := h.m.dropEverywhere(ctx, false, lk); err != nil {
+			return true, err
+		}
 	}
 	return true, nil
 }

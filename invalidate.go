@@ -112,7 +112,8 @@ func (t Target) check() error {
 // target; its Redis work is pipelined, so it takes one round trip per node
 // touched, however many targets there are (a prefix takes two scans more,
 // and with Options.Local one more command publishes the drop to the other
-// Managers' local tiers).
+// Managers' local tiers; in strict mode, Invalidate then waits until they
+// have dropped their copies, see LocalOptions.Strict).
 //
 // If any target is invalid (an empty key or tag, the zero Target), nothing
 // is invalidated. If Redis fails, the error is returned, and the
@@ -194,7 +195,9 @@ func (m *Manager) invalidate(ctx context.Context, targets []Target) error {
 			keys = append(keys, localKey(r))
 		}
 		all := len(p.gens) > 0 || len(p.hashes) > 0 || len(p.prefixes) > 0
-		m.dropEverywhere(ctx, all, keys)
+		if derr := m.dropEverywhere(ctx, all, keys); err == nil {
+			err = derr
+		}
 	}
 	if err != nil {
 		return err

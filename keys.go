@@ -30,6 +30,10 @@ import (
 //	P{lock:NAME}:fence       its fencing counter, which never expires
 //	P{warm}:period:I:N       the claim of warming period N of interval I ms
 //	P{local}:invalidate      the local tier's pub/sub channel
+//	P{local}:m:ID            the channel of the Manager ID in strict mode:
+//	                         its heartbeats and its drops' acknowledgements
+//	P{local}:leases          strict mode's registry of the Managers that may
+//	                         hold a read lease (see strict.go)
 //	P{SLOT}:w                a write made before WAIT (Options.WaitReplicas),
 //	                         expiring after a second; SLOT: a short tag of a
 //	                         slot written to (see replicas.go)
@@ -290,4 +294,14 @@ func (m *Manager) warmPeriodKey(every time.Duration, n int64) string {
 // localChannel returns the pub/sub channel of the local tier's drops.
 func (m *Manager) localChannel() string {
 	return m.prefix + "{local}:invalidate"
+}
+
+// localOwnChannel returns the channel of the strict local tier's Manager id.
+func (m *Manager) localOwnChannel(id string) string {
+	return m.prefix + "{local}:m:" + id
+}
+
+// localRegistry returns the key of the strict local tier's registry.
+func (m *Manager) localRegistry() string {
+	return m.prefix + "{local}:leases"
 }

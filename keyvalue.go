@@ -50,7 +50,9 @@ func (m *Manager) Set(ctx context.Context, key string, v any, opts ...Option) er
 		return err
 	}
 	m.kv.add(EventSet, 1)
-	m.dropEverywhere(ctx, false, []string{ref.key})
+	if err := m.dropEverywhere(ctx, false, []string{ref.key}); err != nil {
+		return err
+	}
 	return m.replicated(ctx, m.kv, ref.key)
 }
 
@@ -113,8 +115,9 @@ func Refresh[T any](ctx context.Context, m *Manager, key string, load func(conte
 	ctx = m.withBudget(ctx)
 	v, err := loadEntry(ctx, m, e, true, loader[struct{}, T]{f0: load})
 	if err == nil {
-		m.dropEverywhere(ctx, false, []string{e.ref.key})
-		err = m.replicated(ctx, m.kv, e.ref.key)
+		if err = m.dropEverywhere(ctx, false, []string{e.ref.key}); err == nil {
+			err = m.replicated(ctx, m.kv, e.ref.key)
+		}
 	}
 	return v, err
 }
@@ -294,7 +297,9 @@ func SetMany[T any](ctx context.Context, m *Manager, items map[string]T, opts ..
 		for i, w := range writes {
 			keys[i] = w.ref.key
 		}
-		m.dropEverywhere(ctx, false, keys)
+		if err := m.dropEverywhere(ctx, false, keys); err != nil {
+			return err
+		}
 	}
 	keys := make([]string, 0, len(writes))
 	if m.opts.WaitReplicas > 0 {

@@ -26,8 +26,12 @@ import (
 // this process at once, in every other Manager of the fleet through a Redis
 // pub/sub message sent once the Redis work is done. Until that message
 // arrives (milliseconds), another instance may still answer from its local
-// copy: the local tier trades the strict no-stale-read guarantee of the
-// Redis tier for speed, within that delay. The tier serves and keeps
+// copy: in its default mode the local tier trades the strict no-stale-read
+// guarantee of the Redis tier for speed, within that delay. Its strict mode
+// (LocalOptions.Strict, strict.go) keeps the guarantee: a Manager serves
+// from its tier only under a read lease, and a write returns once every
+// Manager holding one has dropped its copies or let its lease run out.
+// The tier serves and keeps
 // copies only while the Manager's subscription is up: it starts empty and
 // unused until Redis confirms the first subscription, and a Manager whose
 // subscription drops clears it (it cannot know what it missed) and leaves
@@ -61,6 +65,28 @@ type LocalOptions struct {
 	//
 	// default: 10s
 	TTL time.Duration
+
+	// Strict turns on the strict mode (see strict.go): once a write, a
+	// store or an Invalidate returns, no Manager of the fleet in strict
+	// mode serves a local copy made before it, as on the Redis tier. A
+	// Manager serves from its tier only while it holds a read lease that
+	// it renews through Redis; a write waits until every Manager holding
+	// one has dropped its copies, or until the lease of one that does not
+	// answer has run out. It holds for the writes of Managers in strict
+	// mode: give every Manager of the fleet (every one with the same
+	// Prefix on the same Redis) the same setting.
+	//
+	// default: false
+	Strict bool
+
+	// Lease is, in strict mode, how long a Manager may serve from its tier
+	// without hearing from Redis: the longest a write waits for a Manager
+	// that does not acknowledge its drop (paused, partitioned, crashed).
+	// It is renewed every Lease/3. Setting it without Strict is an
+	// ErrInvalidOption.
+	//
+	// default: 1s; at least 30ms
+	Lease time.Duration
 }
 
 // localTier is the in-process tier and its pub/sub invalidation.
@@ -82,7 +108,12 @@ type localTier struct {
 	spaces  atomic.Uint64 // the last slot space handed to a memo
 	ready   atomic.Bool   // the subscription is up: the tier may serve and keep copies
 	channel string
-	id      string // this Manager's, to skip its own messages
+	id      string      // this Manager's, to skip its own messages
+	strict  *strictTier // nil but in strict mode
+
+	// hold, when set (by tests), blocks the receiving goroutine before
+	// each message until it is closed: a subscription that hangs.
+	hold atomic.Pointer[chan struct{}]
 
 	subMu  sync.Mutex         // protects endSub
 	endSub context.CancelFunc // ends the subscription in use, for subscribe to make anew; nil before the first
@@ -131,11 +162,14 @@ type localEntry struct {
 type localRead struct{ epoch, gen, cleared uint64 }
 
 // newLocalTier returns the tier; now is the Manager's clock, nil for the
-// system's.
-func newLocalTier(o LocalOptions, channel string, now func() time.Time) *localTier {
-	t := &localTier{ttl: o.TTL, channel: channel, id: newToken(), seed: maphash.MakeSeed()}
+// system's; strict is the strict mode's part, nil in the default mode.
+func newLocalTier(o LocalOptions, channel, id string, now func() time.Time, strict *strictTier) *localTier {
+	t := &localTier{ttl: o.TTL, channel: channel, id: id, seed: maphash.MakeSeed(), strict: strict}
 	var clock otter.Clock
-	if now != nil {
+	switch {
+	case strict != nil:
+		clock = strictClock{strict, now}
+	case now != nil:
 		clock = localClock{now}
 	}
 	t.c = otter.Must(&otter.Options[uint64, *localEntry]{
@@ -195,8 +229,8 @@ func (t *localTier) find(slot *localSlot) (*localEntry, bool) {
 		return nil, false
 	}
 	k := t.key(slot)
-	e, ok := t.c.GetIfPresent(k)
-	if !ok || e.space != slot.space || e.name != slot.name {
+	e, ok := t.c.GetIfPresent(k) // in strict mode, reads the clock, which checks the lease (strictClock)
+	if !ok || e.space != slot.space || e.name != slot.name || (t.strict != nil && t.strict.lapsed()) {
 		return nil, false
 	}
 	if t.gens[e.bucket].Load() != e.gen || t.cleared.Load() != e.cleared {
@@ -271,26 +305,37 @@ func (t *localTier) drop(all bool, keys []string) {
 
 // dropEverywhere drops the local copies of keys here and, through pub/sub,
 // in every other Manager. A failed publish is logged: the others' copies
-// then end with the tier's TTL.
-func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) {
+// then end with the tier's TTL. In strict mode it returns once the others
+// have dropped theirs (see strict.go), and a failed publish is an error.
+func (m *Manager) dropEverywhere(ctx context.Context, all bool, keys []string) error {
 	if m.local == nil || (!all && len(keys) == 0) {
-		return
+		return nil
 	}
 	m.local.drop(all, keys)
-	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
-	c, addr := m.rdb, ""
-	if r, ok := m.rdb.(*redis.Ring); ok {
-		// A Ring sends PUBLISH, which names no key, to any shard; the
-		// subscriptions are on the channel's shard (Ring.Subscribe).
-		if sc, err := r.GetShardClientForKey(m.local.channel); err == nil {
-			c, addr = sc, sc.Options().Addr
-		}
+	if m.local.strict != nil {
+		return m.publishStrict(ctx, all, keys)
 	}
+	cmd := redis.NewIntCmd(ctx, "publish", m.local.channel, encodeDrop(m.local.id, all, keys))
+	c, addr := m.pubClient()
 	if err := m.doOn(context.WithoutCancel(ctx), c, addr, m.kv, cmd); err != nil {
 		m.log.Warn("cache: publishing a local-tier invalidation failed; other instances keep their copies until the local TTL", "err", err)
-		return
+		return nil
 	}
 	m.local.sent.Add(1)
+	return nil
+}
+
+// pubClient returns the client to PUBLISH the local tier's messages on,
+// and its node's address (as for doOn): on a Ring, which sends PUBLISH (it
+// names no key) to any shard, the client of the channel's shard, where the
+// subscriptions are (Ring.Subscribe).
+func (m *Manager) pubClient() (redis.UniversalClient, string) {
+	if r, ok := m.rdb.(*redis.Ring); ok {
+		if sc, err := r.GetShardClientForKey(m.local.channel); err == nil {
+			return sc, sc.Options().Addr
+		}
+	}
+	return m.rdb, ""
 }
 
 // A drop message is the sender's id, a newline, then "*" for all, or each
@@ -396,9 +441,16 @@ func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
 			continue
 		}
 		backoff = 20 * time.Millisecond
+		if h := t.hold.Load(); h != nil {
+			select {
+			case <-*h:
+			case <-ctx.Done():
+				return
+			}
+		}
 		switch x := msg.(type) {
 		case *redis.Subscription:
-			if x.Kind == "subscribe" {
+			if x.Kind == "subscribe" && x.Channel == t.channel { // with the Manager's own, in strict mode
 				if *subscribed {
 					t.resubscriptions.Add(1)
 				}
@@ -407,31 +459,66 @@ func (m *Manager) receiveDrops(ctx context.Context, subscribed *bool) {
 				m.flights.detachAll()
 				t.ready.Store(true)
 				*subscribed = true
+				if t.strict != nil {
+					select {
+					case t.strict.kick <- struct{}{}: // a lease at once
+					default:
+					}
+				}
 			}
 		case *redis.Message:
-			id, all, keys, ok := decodeDrop(x.Payload)
-			if !ok || id == t.id {
+			if t.strict != nil && x.Channel == t.strict.own {
+				t.strict.onOwn(x.Payload)
 				continue
 			}
-			t.drop(all, keys)
-			m.flights.detachAll()
-			t.received.Add(1) // once applied: a caller that sees it sees the drop
+			m.applyDrop(x.Payload)
 		}
 	}
 }
 
-// localPubSub subscribes to the local tier's channel, until ctx ends. On
-// a Ring it is the channel's shard's subscription, as Ring.Subscribe makes,
-// or nil while the Ring has no shard up (where Ring.Subscribe panics).
+// applyDrop applies a drop message received from the fleet: not one of
+// this Manager's own, nor a malformed one. In strict mode it then
+// acknowledges a drop that asks for it.
+func (m *Manager) applyDrop(payload string) {
+	t := m.local
+	sender, all, keys, ok := decodeDrop(payload)
+	if !ok {
+		return
+	}
+	id, seq := splitSender(sender)
+	if id == t.id {
+		return
+	}
+	t.drop(all, keys)
+	m.flights.detachAll()
+	t.received.Add(1) // once applied: a caller that sees it sees the drop
+	switch {
+	case t.strict == nil:
+	case seq != 0:
+		t.strict.ack(id, seq)
+	case !t.strict.mixed.Swap(true):
+		m.log.Warn(errNotStrict.Error(), "from", id)
+	}
+}
+
+// localPubSub subscribes to the local tier's channel (and in strict mode,
+// to the Manager's own), until ctx ends. On a Ring it is the channel's
+// shard's subscription, as Ring.Subscribe makes, or nil while the Ring has
+// no shard up (where Ring.Subscribe panics). The channels share a hash
+// tag: on a cluster, one node has them.
 func (m *Manager) localPubSub(ctx context.Context) *redis.PubSub {
+	channels := []string{m.local.channel}
+	if m.local.strict != nil {
+		channels = append(channels, m.local.strict.own)
+	}
 	if r, ok := m.rdb.(*redis.Ring); ok {
 		c, err := r.GetShardClientForKey(m.local.channel)
 		if err != nil {
 			return nil
 		}
-		return c.Subscribe(ctx, m.local.channel)
+		return c.Subscribe(ctx, channels...)
 	}
-	return m.rdb.Subscribe(ctx, m.local.channel)
+	return m.rdb.Subscribe(ctx, channels...)
 }
 
 // LocalStats count the local tier's work.
@@ -446,6 +533,13 @@ type LocalStats struct {
 	Sent            uint64 // invalidation messages published
 	Received        uint64 // invalidation messages received from other Managers and applied
 	Resubscriptions uint64 // subscriptions restored after a drop
+	// Leased says, in strict mode, that the Manager holds its read lease:
+	// it may serve from its tier.
+	Leased bool
+	// WaitedOut counts, in strict mode, the drops of this Manager that
+	// returned at the end of the leases, a Manager that held one having
+	// not acknowledged them (or the fleet's registry being new).
+	WaitedOut uint64
 }
 
 func (t *localTier) snapshot() LocalStats {
@@ -460,5 +554,7 @@ func (t *localTier) snapshot() LocalStats {
 		Sent:            t.sent.Load(),
 		Received:        t.received.Load(),
 		Resubscriptions: t.resubscriptions.Load(),
+		Leased:          t.strict != nil && t.strict.live(),
+		WaitedOut:       t.strict.waitedOutN(),
 	}
 }

@@ -207,8 +207,10 @@ func (mm *Memo[A, R]) Refresh(ctx context.Context, args A) (R, error) {
 	ctx = mm.m.withBudget(ctx)
 	v, err := loadEntry(ctx, mm.m, e, true, loader[A, R]{fn: mm.fn, arg: args})
 	if err == nil {
-		mm.m.dropEverywhere(ctx, false, []string{e.ref.key}) // other instances' copies are older
-		err = mm.m.replicated(ctx, mm.st, e.ref.key)
+		// Other instances' copies are older.
+		if err = mm.m.dropEverywhere(ctx, false, []string{e.ref.key}); err == nil {
+			err = mm.m.replicated(ctx, mm.st, e.ref.key)
+		}
 	}
 	return v, err
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -54,8 +55,13 @@ import (
 // which property 4 allows until the write returns (a strict register would
 // not). Histories are checked per item.
 //
-// The local tier (Options.Local) is off: it is eventually consistent by
-// design. The short run (under a second per configuration; 5s for the
+// The local tier (Options.Local) is off in TestStaleSetChecker: in its
+// default mode it is eventually consistent by design.
+// TestStaleSetCheckerStrictLocal runs every configuration again with the
+// local tier on in strict mode, which must keep property 4 as the Redis
+// tier does, and three configurations of its own: miniredis, Managers'
+// subscriptions killed, and Managers whose subscription hangs for longer
+// than their lease. The short run (under a second per configuration; 5s for the
 // Sentinel ones, whose failover takes one or two) is part of the test
 // suite; STOCKPOT_LONG=1 (or a duration, such as STOCKPOT_LONG=2m) runs
 // each configuration that long instead (30s for "1"), as .ci/run does.
@@ -72,6 +78,121 @@ func TestStaleSetChecker(t *testing.T) {
 	}
 }
 
+// TestStaleSetCheckerStrictLocal runs the checker on each configuration,
+// and on strictFaultConfigs, with the local tier on in strict mode.
+func TestStaleSetCheckerStrictLocal(t *testing.T) {
+	for _, c := range append(slices.Clone(checkConfigs), strictFaultConfigs...) {
+		t.Run(c.name, func(t *testing.T) {
+			if c.long && !longRun() {
+				t.Skip("runs only with STOCKPOT_LONG set")
+			}
+			runChecker(t, checkConfig{name: "strict-local/" + c.name, setup: func(t *testing.T) checkEnv {
+				env := c.setup(t)
+				env.opts.Local = &cache.LocalOptions{Strict: true, Lease: checkLease}
+				return env
+			}})
+		})
+	}
+}
+
+// TestStaleSetCheckerLocalControl is the positive control of the strict
+// configurations: with the local tier in its default mode, the checker
+// finds the stale reads of a Manager whose subscription hangs.
+func TestStaleSetCheckerLocalControl(t *testing.T) {
+	i := slices.IndexFunc(strictFaultConfigs, func(c checkConfig) bool { return c.name == "hung-subscription" })
+	c := strictFaultConfigs[i]
+	runChecker(t, checkConfig{name: "local-default/" + c.name, control: true, setup: func(t *testing.T) checkEnv {
+		env := c.setup(t)
+		env.opts.Local = &cache.LocalOptions{}
+		return env
+	}})
+}
+
+// checkLease is the lease of the strict local tier in the checker: short,
+// so that the faults that outlast it fit in a short run.
+const checkLease = 100 * time.Millisecond
+
+// strictFaultConfigs are the strict local tier's own configurations:
+// miniredis, and the faults of the tier's subscription (there each Manager
+// is on a client named after it, so that the harness can find its
+// connections).
+var strictFaultConfigs = []checkConfig{
+	{name: "miniredis", setup: func(t *testing.T) checkEnv {
+		mr := miniredis.RunT(t)
+		client := func() redis.UniversalClient {
+			c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+			t.Cleanup(func() { _ = c.Close() })
+			return c
+		}
+		var clients []redis.UniversalClient
+		for range fleetSize {
+			clients = append(clients, client())
+		}
+		return checkEnv{clients: clients, raw: client()}
+	}},
+	{name: "kill-pubsub", setup: func(t *testing.T) checkEnv {
+		srv := testredis.Start(t)
+		var clients []redis.UniversalClient
+		for i := range fleetSize {
+			clients = append(clients, srv.ClientWith(t, func(o *redis.Options) { o.ClientName = "chk-" + strconv.Itoa(i) }))
+		}
+		raw := srv.Client(t)
+		return checkEnv{clients: clients, raw: raw, faults: func(t *testing.T, until time.Time) {
+			n := 0
+			for pause(t, time.Duration(20+rand.IntN(80))*time.Millisecond, until) {
+				// One Manager's subscription, or every one's.
+				if rand.IntN(2) == 0 {
+					n += killPubSubOf(t, raw, "chk-"+strconv.Itoa(rand.IntN(fleetSize)))
+					continue
+				}
+				killed, err := raw.ClientKillByFilter(t.Context(), "TYPE", "pubsub").Result()
+				require.NoError(t, err)
+				n += int(killed)
+			}
+			t.Logf("%d pub/sub connections killed", n)
+		}}
+	}},
+	{name: "hung-subscription", setup: func(t *testing.T) checkEnv {
+		srv := testredis.Start(t)
+		return checkEnv{clients: serverClients(t, srv), raw: srv.Client(t), fleetFaults: hangEvery}
+	}},
+}
+
+// killPubSubOf kills the pub/sub connections of the clients named name,
+// and returns how many it killed.
+func killPubSubOf(t *testing.T, raw redis.UniversalClient, name string) int {
+	list, err := raw.ClientList(t.Context()).Result()
+	require.NoError(t, err)
+	n := 0
+	for line := range strings.Lines(list) {
+		if !strings.Contains(line, " name="+name+" ") || strings.Contains(line, " sub=0 ") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				if raw.ClientKillByFilter(t.Context(), "ID", id).Err() == nil {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// hangEvery makes the subscription of a Manager of the fleet hang (its
+// messages wait unread, as when its process is paused) for two to four
+// leases, one after the other, until the deadline.
+func hangEvery(t *testing.T, fleet []*cache.Manager, until time.Time) {
+	n := 0
+	for pause(t, time.Duration(rand.IntN(50))*time.Millisecond, until) {
+		release := cache.HoldLocalReceive(fleet[rand.IntN(len(fleet))])
+		pause(t, time.Duration(2+rand.IntN(3))*checkLease, until.Add(4*checkLease))
+		release()
+		n++
+	}
+	t.Logf("%d subscriptions hung, %v or longer each", n, 2*checkLease)
+}
+
 // checkConfig is a configuration of the checker: the clients of the
 // fleet's Managers and the faults injected while it runs.
 type checkConfig struct {
@@ -79,6 +200,8 @@ type checkConfig struct {
 	setup func(t *testing.T) checkEnv
 	// long runs the configuration only when STOCKPOT_LONG is set.
 	long bool
+	// control says the checker must find stale reads: a positive control.
+	control bool
 }
 
 // checkEnv is what a configuration gives a run.
@@ -88,6 +211,9 @@ type checkEnv struct {
 	// faults, when not nil, runs on the test's goroutine while the fleet
 	// works, until the deadline.
 	faults func(t *testing.T, until time.Time)
+	// fleetFaults, when not nil, runs beside faults, given the fleet's
+	// Managers.
+	fleetFaults func(t *testing.T, fleet []*cache.Manager, until time.Time)
 	// opts are the Managers' options, beside the checker's own.
 	opts cache.Options
 	// atLeast, when longer than the run checkDuration gives, is how long
@@ -656,10 +782,28 @@ func runChecker(t *testing.T, c checkConfig) {
 	for w := range checkWriters {
 		wg.Go(func() { writeLoop(t.Context(), rec, checkReaders+w, fleet, items, src, until) })
 	}
+	if env.fleetFaults != nil {
+		ms := make([]*cache.Manager, len(fleet))
+		for i, mb := range fleet {
+			ms[i] = mb.m
+		}
+		wg.Go(func() { env.fleetFaults(t, ms, until) })
+	}
 	if env.faults != nil {
 		env.faults(t, until)
 	}
 	testredis.WaitFor(t, &wg, d+2*opTimeout, "the fleet's workers to stop")
+	if env.opts.Local != nil {
+		var hits, waitedOut uint64
+		for _, mb := range fleet {
+			st := mb.m.Stats()
+			waitedOut += st.Local.WaitedOut
+			for _, c := range st.ByName {
+				hits += c.LocalHits
+			}
+		}
+		t.Logf("%s: %d local hits; %d writes waited for a lease to end", c.name, hits, waitedOut)
+	}
 
 	checkHistory(t, c, items, rec)
 }
@@ -835,7 +979,7 @@ func checkHistory(t *testing.T, c checkConfig, items []checkItem, rec *recorder)
 			t.Errorf("%s: porcupine did not finish checking %s (%d operations) within %v", config, items[i].name, len(ops), checkTimeout)
 		case (res == porcupine.Illegal) != (len(stale) > 0):
 			t.Errorf("%s: %s: porcupine says %v but %d reads are stale: the checker is wrong", config, items[i].name, res, len(stale))
-		case res == porcupine.Illegal:
+		case res == porcupine.Illegal && !c.control:
 			t.Errorf("%s: %s: %d stale reads, the first:\n%s%s", config, items[i].name, len(stale),
 				describeStale(ops, stale[0]), visualize(t, ops, i))
 		}
@@ -849,6 +993,9 @@ func checkHistory(t *testing.T, c checkConfig, items []checkItem, rec *recorder)
 		t.Logf("%s: first read error: %v", config, rec.readErr)
 	}
 	require.Positive(t, reads, "no read succeeded")
+	if c.control {
+		require.Positive(t, staleReads, "the positive control found no stale read")
+	}
 }
 
 // wayFamily returns the way a write was published, with the Refresh ways

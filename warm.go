@@ -187,7 +187,10 @@ func (mm *Memo[A, R]) WarmWith(args func(ctx context.Context) ([]A, error)) erro
 					errs = append(errs, fmt.Errorf("argument %v: %w", distinctArgs[i], o.err))
 				}
 			}
-			mm.m.dropEverywhere(ctx, false, keys) // other instances' copies are older
+			// Other instances' copies are older.
+			if err := mm.m.dropEverywhere(ctx, false, keys); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		return n, errors.Join(errs...)
 	})
