@@ -295,17 +295,23 @@ func BenchmarkMemoWarm(b *testing.B) {
 // gen is not "", while the generation beside the keys is gen).
 func rawStore(b *testing.B, rdb *redis.Client, keys []string, token, gen string, value func(i int) any) {
 	ctx := context.Background()
-	ks := make([]string, 0, 1+2*len(keys))
+	var ks []string
 	if gen != "" {
 		ks = append(ks, keys[0][:strings.IndexByte(keys[0], '}')+1]+":g")
 	}
+	ks = append(ks, keys...)
+	for _, k := range keys {
+		ks = append(ks, k+leaseSuffix)
+	}
+	for _, k := range keys {
+		ks = append(ks, k+leaseSuffix+awaitedSuffix)
+	}
 	args := []any{"0", "", "", token, gen, "0"}
-	for i, k := range keys {
+	for i := range keys {
 		enc, err := Msgpack.Marshal(value(i))
 		if err != nil {
 			b.Fatal(err)
 		}
-		ks = append(ks, k, k+leaseSuffix)
 		args = append(args, enc, int64(3600000))
 	}
 	ns, err := rdb.EvalSha(ctx, scripts.StoreMany.Hash(), ks, args...).Int64Slice()

@@ -769,10 +769,12 @@ func (m *Manager) releaseManyNow(es []entry, idx []int, hd *held) {
 	groups := m.scriptGroups(es, idx)
 	calls := make([]scriptCall, len(groups))
 	for g, group := range groups {
-		for _, i := range group {
-			calls[g].keys = append(calls[g].keys, es[i].ref.lease)
+		keys := make([]string, 2*len(group)) // the leases, then their marks
+		for k, i := range group {
+			keys[k], keys[len(group)+k] = es[i].ref.lease, es[i].ref.lease+awaitedSuffix
 			calls[g].args = append(calls[g].args, hd.token)
 		}
+		calls[g].keys = keys
 		calls[g].args = append(calls[g].args, m.notes.channelOf(es[group[0]].ref.lease), m.notes.publisher())
 	}
 	if _, err := m.evalMany(ctx, es[idx[0]].st, scripts.ReleaseMany, calls); err != nil {
@@ -918,9 +920,15 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 	calls := make([]scriptCall, len(groups))
 	for g, group := range groups {
 		first := &es[group[0]]
-		keys := make([]string, 0, 1+2*len(group))
+		// The generation, the keys, the leases, then the leases' marks.
+		g0 := 0
 		if first.ref.gen != "" {
-			keys = append(keys, first.ref.gen)
+			g0 = 1
+		}
+		n := len(group)
+		keys := make([]string, g0+3*n)
+		if g0 == 1 {
+			keys[0] = first.ref.gen
 		}
 		fields := "0"
 		per := 2
@@ -930,9 +938,9 @@ func (m *Manager) storeMany(ctx context.Context, es []entry, writes []write, hd 
 		args := make([]any, 6, 6+per*len(group))
 		args[0], args[1], args[2] = force, m.notes.channelOf(first.ref.lease), m.notes.publisher()
 		args[3], args[4], args[5] = hd.token, hd.wants[group[0]].gen, fields
-		for _, i := range group {
+		for k, i := range group {
 			e, w := &es[i], writes[at[i]]
-			keys = append(keys, e.ref.key, e.ref.lease)
+			keys[g0+k], keys[g0+n+k], keys[g0+2*n+k] = e.ref.key, e.ref.lease, e.ref.lease+awaitedSuffix
 			if per == 3 {
 				args = append(args, e.ref.field)
 			}

@@ -118,7 +118,7 @@ func (l *Lock) TTL(ctx context.Context) (time.Duration, error) {
 // milliseconds, with 0 it only reads it. It returns the lease's remaining
 // milliseconds.
 func (l *Lock) refresh(ctx context.Context, ms int64) (int64, error) {
-	n, err := l.m.eval(ctx, l.m.locks, scripts.LockRefresh, l.keys[:1], l.token, ms).Int64()
+	n, err := l.m.eval(ctx, l.m.locks, scripts.LockRefresh, []string{l.keys[0], l.keys[2]}, l.token, ms).Int64()
 	switch {
 	case err != nil:
 		return 0, wrap(err, "lock %q", l.name)
@@ -143,7 +143,7 @@ func (l *Lock) Release(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, l.keys[:1], l.token, l.m.notes.channelOf(l.keys[0]), l.m.notes.publisher()).Int64()
+	n, err := l.m.eval(ctx, l.m.locks, scripts.Release, []string{l.keys[0], l.keys[2]}, l.token, l.m.notes.channelOf(l.keys[0]), l.m.notes.publisher()).Int64()
 	switch {
 	case err != nil:
 		return wrap(err, "lock %q", l.name)
@@ -439,7 +439,7 @@ func (m *Manager) obtain(ctx context.Context, name string, ttl time.Duration, s 
 		return nil, time.Time{}, s.err
 	}
 	key := m.lockKey(name)
-	l := &Lock{m: m, name: name, keys: []string{key, fenceKey(key)}, token: rand.Text()}
+	l := &Lock{m: m, name: name, keys: []string{key, fenceKey(key), key + awaitedSuffix}, token: rand.Text()}
 	ms := ttl.Milliseconds()
 	var timer *time.Timer
 	var w *leaseWatch // told when the lock is released, once it waited
@@ -524,7 +524,7 @@ func (m *Manager) abandon(l *Lock) {
 	m.goBackground(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lockReleaseTimeout)
 		defer cancel()
-		_ = m.eval(ctx, m.locks, scripts.Release, l.keys[:1], l.token, m.notes.channelOf(l.keys[0]), m.notes.publisher()).Err()
+		_ = m.eval(ctx, m.locks, scripts.Release, []string{l.keys[0], l.keys[2]}, l.token, m.notes.channelOf(l.keys[0]), m.notes.publisher()).Err()
 	})
 }
 

@@ -1,10 +1,11 @@
 -- lock_obtain: take a lock and draw its fencing token, in one step.
 -- KEYS[1] the lock key
 -- KEYS[2] the lock's fence counter (same hash slot; it never expires)
+-- KEYS[3] the lock's mark as awaited (KEYS[1]:w)
 -- ARGV[1] the token
 -- ARGV[2] the lease time, milliseconds
 -- ARGV[3] '1' when the caller waits to be told of a Release: a lock held by
---         another token is then marked as awaited (KEYS[1]:w, a copy of
+--         another token is then marked as awaited (KEYS[3], a copy of
 --         it, which release.lua sees)
 -- Returns the fence (at least 1) when the lock is taken, 0 when another
 -- token holds it. A lock already held with this token (an earlier attempt
@@ -30,6 +31,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   end
 end
 if ARGV[3] == '1' then
-  redis.call('COPY', KEYS[1], KEYS[1] .. ':w', 'REPLACE')
+  redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
 end
 return 0

@@ -1,8 +1,11 @@
 -- release_many: release.lua for several leases at once: delete each lease
 -- that still holds its token, and publish the leases that a waiting process
 -- marked (LEASE:w; see store_many.lua).
--- KEYS the leases; ARGV the tokens, in the same order, then the channel of
--- the leases' notices ('' for none) and the command that publishes on it.
+-- KEYS the leases, then their marks (LEASE:w) in the same order; ARGV the
+-- tokens, in the leases' order, then the channel of the leases' notices
+-- ('' for none) and the command that publishes on it. Every key a script
+-- touches is among its KEYS: a cluster refuses the call as a whole while
+-- the slot moves, rather than fail it half-way at an undeclared key.
 -- Returns how many were deleted.
 local chunk = 1000
 
@@ -21,13 +24,9 @@ local function each(cmd, t)
   return out
 end
 
-local n = #KEYS
+local n = #KEYS / 2
 local channel, publish = ARGV[n + 1] or '', ARGV[n + 2]
-local read = {}
-for i = 1, n do
-  read[i] = KEYS[i]
-  read[n + i] = KEYS[i] .. ':w'
-end
+local read = KEYS
 local held = each('MGET', read)
 local del, told = {}, {}
 for i = 1, n do

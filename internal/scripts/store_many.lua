@@ -3,8 +3,11 @@
 -- the generation is the one the load started under). The keys share one
 -- hash slot (on a single node, any keys).
 -- KEYS    the generation key the entries are checked against, when they
---         have one (then #KEYS is odd); then, for each entry, its key (a
---         string, or the hash holding the field) and its lease
+--         have one; then, for each entry, its key (a string, or the hash
+--         holding the field); then their leases, and the leases' marks
+--         (LEASE:w), in the same order. Every key the script touches is
+--         among its KEYS: a cluster refuses the call as a whole while the
+--         slot moves, rather than fail it half-way at an undeclared key.
 -- ARGV[1] '1' for a forced load (a refresh): an entry whose store is
 --         refused is deleted (DEL, or HDEL of its field), so that the value
 --         the refresh meant to replace is not left behind
@@ -49,17 +52,15 @@ local forced = ARGV[1] == '1'
 local channel, publish = ARGV[2], ARGV[3]
 local token = ARGV[4]
 local fields = ARGV[6] == '1'
-local g = #KEYS % 2 -- 1 with a generation key
+local g = #KEYS % 3 -- 1 with a generation key
 local genOk = true
 if g == 1 then
   genOk = redis.call('GET', KEYS[1]) == ARGV[5]
 end
-local n = (#KEYS - g) / 2
+local n = (#KEYS - g) / 3
 local read = {}
-for j = 1, n do
-  local lease = KEYS[g + 2 * j]
-  read[j] = lease
-  read[n + j] = lease .. ':w'
+for j = 1, 2 * n do
+  read[j] = KEYS[g + n + j]
 end
 local holders = each('MGET', read) -- the leases, then their marks
 
@@ -67,7 +68,7 @@ local out, done = {}, {}
 local told = {} -- the marked leases, as a notice
 local a = 7 -- the entry's first argument
 for j = 1, n do
-  local key = KEYS[g + 2 * j - 1]
+  local key = KEYS[g + j]
   local field = ''
   if fields then
     field = ARGV[a]
