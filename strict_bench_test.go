@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/stockpot-go/cache/internal/testredis"
 )
 
@@ -26,7 +28,7 @@ func BenchmarkStrictLocalHit(b *testing.B) {
 		waitReady(b, m)
 		ms[i] = m
 	}
-	waitFor(b, func() bool { return ms[1].Stats().Local.Leased }, "the strict Manager's lease")
+	require.Eventually(b, func() bool { return ms[1].Stats().Local.Leased }, testredis.Timeout, time.Millisecond, "the strict Manager's lease")
 	ctx := context.Background()
 	payload := benchPayload()
 	var memos [2]*Memo[string, []benchRow]
@@ -88,13 +90,13 @@ func BenchmarkStrictInvalidate(b *testing.B) {
 			w, holders := fleet[0], fleet[1:]
 			if c.strict {
 				for _, m := range fleet {
-					waitFor(b, func() bool { return m.Stats().Local.Leased }, "the leases")
+					require.Eventually(b, func() bool { return m.Stats().Local.Leased }, testredis.Timeout, time.Millisecond, "the leases")
 				}
-				waitFor(b, func() bool { // the registry is complete
+				require.Eventually(b, func() bool { // the registry is complete
 					before := w.Stats().Local.WaitedOut
 					_ = w.Invalidate(ctx, Key("warm-up"))
 					return w.Stats().Local.WaitedOut == before
-				}, "a drop that does not wait out the leases")
+				}, testredis.Timeout, time.Millisecond, "a drop that does not wait out the leases")
 			}
 			if c.hung {
 				b.Cleanup(HoldLocalReceive(holders[0]))
@@ -113,17 +115,5 @@ func BenchmarkStrictInvalidate(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-// waitFor waits until cond holds, for at most testredis.Timeout.
-func waitFor(b *testing.B, cond func() bool, what string) {
-	b.Helper()
-	deadline := time.Now().Add(testredis.Timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("%s did not come within %v", what, testredis.Timeout)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
